@@ -1,0 +1,193 @@
+//! One client connection: a peer, its UDP socket and the remote tracks it
+//! has announced to Python.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use mio::net::UdpSocket;
+
+use super::pick_local;
+use crate::event::{EngineEvent, EventKind};
+use crate::peer::{mid_from_str, Mid, Output, Peer, PeerEvent};
+use crate::queue::EventSender;
+use crate::timer::TimerHeap;
+
+pub(crate) struct ClientConnection {
+    pub handle: u64,
+    name: Arc<str>,
+    pub peer: Peer,
+    pub socket: UdpSocket,
+    pub candidates: Vec<SocketAddr>,
+    /// Remote tracks announced to Python, by mid.
+    remote: HashMap<Mid, ()>,
+    pub connected: bool,
+    reported_connected: bool,
+    pub dead: Option<String>,
+    /// Events produced outside a drain (SDP handling), sent at the next one.
+    pending: Vec<EngineEvent>,
+    last_bitrate: u64,
+}
+
+/// Host candidates: every IPv4 interface address (loopback included, so
+/// that a server on 127.0.0.1 is reachable).
+fn host_ips() -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .map(|v| {
+            v.into_iter()
+                .map(|i| i.ip())
+                .filter(|ip| ip.is_ipv4())
+                .collect()
+        })
+        .unwrap_or_default();
+    if ips.is_empty() {
+        ips.push(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    ips.sort_by_key(|ip| !ip.is_loopback());
+    ips.dedup();
+    ips
+}
+
+impl ClientConnection {
+    pub fn new(handle: u64, mut peer: Peer) -> std::io::Result<Self> {
+        let std_socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        std_socket.set_nonblocking(true)?;
+        let port = std_socket.local_addr()?.port();
+        let socket = UdpSocket::from_std(std_socket);
+        let mut candidates = Vec::new();
+        for ip in host_ips() {
+            let addr = SocketAddr::new(ip, port);
+            if peer.add_local_candidate(addr).is_ok() {
+                candidates.push(addr);
+            }
+        }
+        Ok(ClientConnection {
+            handle,
+            name: handle.to_string().into(),
+            peer,
+            socket,
+            candidates,
+            remote: HashMap::new(),
+            connected: false,
+            reported_connected: false,
+            dead: None,
+            pending: Vec::new(),
+            last_bitrate: 0,
+        })
+    }
+
+    pub fn local_addr_for(&self, source: SocketAddr) -> SocketAddr {
+        pick_local(&self.candidates, source)
+    }
+
+    /// Apply an offer (first or re-offer), return the answer, and queue
+    /// track_added / track_removed for what changed.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
+        let answer = self.peer.accept_offer(sdp)?;
+        let mids: Vec<Mid> = sdp
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a=mid:"))
+            .map(mid_from_str)
+            .collect();
+        for info in self.peer.media_lines(mids) {
+            let known = self.remote.contains_key(&info.mid);
+            let live = info.receiving && !info.stopped;
+            if live && !known {
+                self.remote.insert(info.mid, ());
+                let mut ev = EngineEvent::new(EventKind::TrackAdded, self.name.clone());
+                ev.mid = Some(info.mid.to_string());
+                ev.media = Some(info.kind.as_str());
+                ev.stream_id = Some(info.stream_id);
+                ev.track_id = Some(info.track_id);
+                self.pending.push(ev);
+            } else if !live && known {
+                self.remote.remove(&info.mid);
+                let mut ev = EngineEvent::new(EventKind::TrackRemoved, self.name.clone());
+                ev.mid = Some(info.mid.to_string());
+                ev.media = Some(info.kind.as_str());
+                self.pending.push(ev);
+            }
+        }
+        Ok(answer)
+    }
+
+    /// True once after each change of `connected`.
+    pub fn connected_changed(&mut self) -> bool {
+        if self.connected != self.reported_connected {
+            self.reported_connected = self.connected;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Drain the peer until it asks for a timeout.
+    pub fn drain(
+        &mut self,
+        timers: &mut TimerHeap<u64>,
+        events: &EventSender,
+    ) -> Result<(), String> {
+        for ev in self.pending.drain(..) {
+            events.send(ev);
+        }
+        loop {
+            match self.peer.poll()? {
+                Some(Output::Timeout(t)) => {
+                    timers.set(self.handle, t);
+                    return Ok(());
+                }
+                Some(Output::Transmit {
+                    destination, data, ..
+                }) => match self.socket.send_to(&data, destination) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => tracing::debug!(handle = self.handle, error = %e, "send failed"),
+                },
+                Some(Output::Event(e)) => self.event(e, events),
+                None => {}
+            }
+        }
+    }
+
+    fn event(&mut self, e: PeerEvent, events: &EventSender) {
+        let name = self.name.clone();
+        match e {
+            PeerEvent::Connected => {
+                self.connected = true;
+                events.send(EngineEvent::new(EventKind::Connected, name));
+            }
+            PeerEvent::Disconnected => {
+                self.connected = false;
+                self.dead.get_or_insert_with(|| "ICE disconnected".into());
+            }
+            PeerEvent::Frame(f) => {
+                let mut ev = EngineEvent::new(EventKind::Frame, name);
+                ev.mid = Some(f.mid.to_string());
+                ev.media = Some(f.kind.as_str());
+                ev.codec = Some(f.codec);
+                ev.rtp_time = Some(f.rtp_time);
+                ev.keyframe = Some(f.keyframe);
+                ev.contiguous = Some(f.contiguous);
+                ev.data = Some(f.data);
+                events.send(ev);
+            }
+            PeerEvent::KeyframeRequest(mid) => {
+                let mut ev = EngineEvent::new(EventKind::KeyframeRequest, name);
+                ev.mid = Some(mid.to_string());
+                events.send(ev);
+            }
+            PeerEvent::Bitrate(bps) => {
+                // Only changes worth retuning an encoder for (> 10 %).
+                let last = self.last_bitrate.max(1);
+                if bps.abs_diff(last) * 10 > last {
+                    self.last_bitrate = bps;
+                    let mut ev = EngineEvent::new(EventKind::Bitrate, name);
+                    ev.bitrate = Some(bps);
+                    events.send(ev);
+                }
+            }
+            PeerEvent::Rtp(_) => {}
+        }
+    }
+}

@@ -1,0 +1,389 @@
+//! The client engine: one thread per process hosting every client
+//! connection (its own UDP socket each, full ICE, str0m in frame mode).
+//!
+//! Python hands it the server's offer and gets an answer back; then it
+//! writes encoded frames and receives encoded frames as events.
+
+mod connection;
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver};
+use mio::{Events, Poll, Token};
+use tracing::{debug, info, warn};
+
+use crate::event::{EngineEvent, EventKind};
+use crate::peer::{mid_from_str, Peer, Role};
+use crate::queue::{event_queue, EventQueue, EventSender};
+use crate::timer::TimerHeap;
+use crate::waker::{command_channel, CommandSender};
+use connection::ClientConnection;
+
+type Reply<T> = crossbeam_channel::Sender<Result<T, String>>;
+
+enum Command {
+    Connect(u64, String, Reply<String>),
+    AcceptOffer(u64, String, Reply<String>),
+    Candidate(u64, String),
+    WriteFrame {
+        handle: u64,
+        mid: String,
+        codec: String,
+        data: Vec<u8>,
+        rtp_time: u64,
+        at: Instant,
+    },
+    RequestKeyframe(u64, String),
+    Close(u64),
+    Stop,
+}
+
+const WAKER: Token = Token(0);
+const MAX_WAIT: Duration = Duration::from_millis(250);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Handle to the client engine thread.
+pub struct ClientEngine {
+    commands: CommandSender<Command>,
+    thread: Option<JoinHandle<()>>,
+    queue: EventQueue,
+    next_handle: AtomicU64,
+    /// Handles whose ICE and DTLS are up (frames written before are dropped
+    /// by str0m, so writers ask first).
+    connected: Arc<RwLock<HashMap<u64, bool>>>,
+}
+
+impl ClientEngine {
+    pub fn start() -> std::io::Result<ClientEngine> {
+        let (events, queue) = event_queue()?;
+        let poll = Poll::new()?;
+        let (commands, rx) = command_channel(&poll, WAKER)?;
+        let connected = Arc::new(RwLock::new(HashMap::new()));
+        let worker = Worker {
+            poll,
+            conns: HashMap::new(),
+            timers: TimerHeap::new(),
+            events,
+            connected: connected.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("hibiki-client-engine".into())
+            .spawn(move || worker.run(rx))?;
+        Ok(ClientEngine {
+            commands,
+            thread: Some(thread),
+            queue,
+            next_handle: AtomicU64::new(1),
+            connected,
+        })
+    }
+
+    pub fn events(&self) -> &EventQueue {
+        &self.queue
+    }
+
+    fn call(&self, make: impl FnOnce(Reply<String>) -> Command) -> Result<String, String> {
+        let (tx, rx) = bounded(1);
+        if !self.commands.send(make(tx)) {
+            return Err("client engine stopped".into());
+        }
+        rx.recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| "client engine did not answer".to_string())?
+    }
+
+    /// Create a connection from the server's offer: (handle, answer SDP).
+    pub fn connect(&self, offer: &str) -> Result<(u64, String), String> {
+        let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        let answer = self.call(|r| Command::Connect(handle, offer.to_string(), r))?;
+        Ok((handle, answer))
+    }
+
+    pub fn accept_offer(&self, handle: u64, sdp: &str) -> Result<String, String> {
+        self.call(|r| Command::AcceptOffer(handle, sdp.to_string(), r))
+    }
+
+    pub fn add_remote_candidate(&self, handle: u64, line: &str) {
+        self.commands
+            .send(Command::Candidate(handle, line.to_string()));
+    }
+
+    /// Queue a frame; false when the connection is not up (yet or anymore).
+    pub fn write_frame(
+        &self,
+        handle: u64,
+        mid: &str,
+        codec: &str,
+        data: &[u8],
+        rtp_time: u64,
+    ) -> bool {
+        let up = self
+            .connected
+            .read()
+            .map(|m| m.get(&handle).copied().unwrap_or(false))
+            .unwrap_or(false);
+        if !up {
+            return false;
+        }
+        self.commands.send(Command::WriteFrame {
+            handle,
+            mid: mid.to_string(),
+            codec: codec.to_string(),
+            data: data.to_vec(),
+            rtp_time,
+            at: Instant::now(),
+        })
+    }
+
+    pub fn request_keyframe(&self, handle: u64, mid: &str) {
+        self.commands
+            .send(Command::RequestKeyframe(handle, mid.to_string()));
+    }
+
+    pub fn close_connection(&self, handle: u64) {
+        self.commands.send(Command::Close(handle));
+    }
+
+    pub fn stop(&mut self) {
+        self.commands.send(Command::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for ClientEngine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+struct Worker {
+    poll: Poll,
+    conns: HashMap<u64, ClientConnection>,
+    timers: TimerHeap<u64>,
+    events: EventSender,
+    connected: Arc<RwLock<HashMap<u64, bool>>>,
+}
+
+impl Worker {
+    fn run(mut self, commands: Receiver<Command>) {
+        let mut events = Events::with_capacity(64);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .timers
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT);
+            if let Err(e) = self.poll.poll(&mut events, Some(wait)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    warn!(error = %e, "client poll failed");
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                if ev.token() != WAKER {
+                    self.read(ev.token().0 as u64, &mut buf);
+                }
+            }
+            loop {
+                match commands.try_recv() {
+                    Ok(Command::Stop) => {
+                        for (_, mut c) in self.conns.drain() {
+                            c.peer.disconnect();
+                        }
+                        return;
+                    }
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            while let Some(h) = self.timers.pop_due(now) {
+                self.with_conn(h, |c| c.peer.handle_timeout(now));
+            }
+            self.reap();
+        }
+    }
+
+    fn read(&mut self, handle: u64, buf: &mut [u8]) {
+        loop {
+            let Some(conn) = self.conns.get(&handle) else {
+                return;
+            };
+            match conn.socket.recv_from(buf) {
+                Ok((n, source)) => {
+                    let destination = conn.local_addr_for(source);
+                    let data = &buf[..n];
+                    let now = Instant::now();
+                    self.with_conn(handle, |c| {
+                        // A bad datagram is the sender's problem.
+                        if let Err(e) = c.peer.handle_receive(now, source, destination, data) {
+                            debug!(handle, error = %e, "dropped datagram");
+                        }
+                        Ok(())
+                    });
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    debug!(handle, error = %e, "recv error");
+                    continue;
+                }
+            }
+        }
+    }
+
+    /// Mutate one connection, drain it, publish its events.
+    fn with_conn(
+        &mut self,
+        handle: u64,
+        f: impl FnOnce(&mut ClientConnection) -> Result<(), String>,
+    ) {
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        let events = &self.events;
+        let timers = &mut self.timers;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            f(conn)?;
+            conn.drain(timers, events)
+        }));
+        let failure = match result {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
+            Err(_) => Some("internal error (panic in engine)".to_string()),
+        };
+        if let Some(e) = failure {
+            conn.dead.get_or_insert(e);
+        }
+        if conn.connected_changed() {
+            if let Ok(mut m) = self.connected.write() {
+                m.insert(handle, conn.connected);
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect(handle, offer, reply) => {
+                let r = self.connect(handle, &offer);
+                let _ = reply.send(r);
+            }
+            Command::AcceptOffer(handle, sdp, reply) => {
+                let mut r = Err(format!("unknown connection {handle}"));
+                self.with_conn(handle, |c| {
+                    r = c.accept_offer(&sdp);
+                    Ok(())
+                });
+                let _ = reply.send(r);
+            }
+            Command::Candidate(handle, line) => {
+                self.with_conn(handle, |c| {
+                    if let Err(e) = c.peer.add_remote_candidate(&line) {
+                        debug!(handle, error = %e, "ignored remote candidate");
+                    }
+                    Ok(())
+                });
+            }
+            Command::WriteFrame {
+                handle,
+                mid,
+                codec,
+                data,
+                rtp_time,
+                at,
+            } => {
+                self.with_conn(handle, |c| {
+                    if let Err(e) =
+                        c.peer
+                            .write_frame(mid_from_str(&mid), &codec, rtp_time, at, &data)
+                    {
+                        debug!(handle, error = %e, "frame not written");
+                    }
+                    Ok(())
+                });
+            }
+            Command::RequestKeyframe(handle, mid) => {
+                self.with_conn(handle, |c| {
+                    if let Err(e) = c.peer.request_keyframe_frame(mid_from_str(&mid)) {
+                        debug!(handle, error = %e, "keyframe request not sent");
+                    }
+                    Ok(())
+                });
+            }
+            Command::Close(handle) => {
+                if let Some(mut c) = self.conns.remove(&handle) {
+                    c.peer.disconnect();
+                    let _ = self.poll.registry().deregister(&mut c.socket);
+                    self.timers.remove(handle);
+                    if let Ok(mut m) = self.connected.write() {
+                        m.remove(&handle);
+                    }
+                }
+            }
+            Command::Stop => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn connect(&mut self, handle: u64, offer: &str) -> Result<String, String> {
+        let peer = Peer::new(Role::Client, Instant::now(), None);
+        let mut conn = ClientConnection::new(handle, peer).map_err(|e| e.to_string())?;
+        self.poll
+            .registry()
+            .register(
+                &mut conn.socket,
+                Token(handle as usize),
+                mio::Interest::READABLE,
+            )
+            .map_err(|e| e.to_string())?;
+        let answer = conn.accept_offer(offer)?;
+        info!(handle, local = ?conn.candidates, "client connection created");
+        self.conns.insert(handle, conn);
+        self.with_conn(handle, |_| Ok(()));
+        Ok(answer)
+    }
+
+    fn reap(&mut self) {
+        let dead: Vec<(u64, String)> = self
+            .conns
+            .iter()
+            .filter_map(|(h, c)| c.dead.clone().map(|r| (*h, r)))
+            .collect();
+        for (handle, reason) in dead {
+            if let Some(mut c) = self.conns.remove(&handle) {
+                c.peer.disconnect();
+                let _ = self.poll.registry().deregister(&mut c.socket);
+            }
+            self.timers.remove(handle);
+            if let Ok(mut m) = self.connected.write() {
+                m.remove(&handle);
+            }
+            let mut ev = EngineEvent::new(EventKind::Closed, handle.to_string().into());
+            ev.reason = Some(reason);
+            self.events.send(ev);
+        }
+    }
+}
+
+/// The local address a datagram from `source` arrived on (we bind the
+/// wildcard address, so the kernel does not tell us).
+pub(crate) fn pick_local(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr {
+    candidates
+        .iter()
+        .find(|c| {
+            c.ip().is_loopback() == source.ip().is_loopback() && c.is_ipv4() == source.is_ipv4()
+        })
+        .or_else(|| candidates.first())
+        .copied()
+        .unwrap_or(source)
+}

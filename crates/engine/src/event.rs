@@ -1,0 +1,74 @@
+//! Events the engines report to the control plane (Python), as plain data.
+
+use std::sync::Arc;
+
+/// What happened. Mirrors `EventKind` in `_core.pyi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    Connected,
+    Closed,
+    Offer,
+    TrackPublished,
+    TrackAdded,
+    TrackRemoved,
+    Frame,
+    KeyframeRequest,
+    Bitrate,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Connected => "connected",
+            EventKind::Closed => "closed",
+            EventKind::Offer => "offer",
+            EventKind::TrackPublished => "track_published",
+            EventKind::TrackAdded => "track_added",
+            EventKind::TrackRemoved => "track_removed",
+            EventKind::Frame => "frame",
+            EventKind::KeyframeRequest => "keyframe_request",
+            EventKind::Bitrate => "bitrate",
+        }
+    }
+}
+
+/// One event. Fields that do not apply to `kind` are `None`.
+#[derive(Debug, Clone)]
+pub struct EngineEvent {
+    pub kind: EventKind,
+    /// Server: connection_id. Client: connection handle.
+    pub connection: Arc<str>,
+    pub mid: Option<String>,
+    pub media: Option<&'static str>,
+    pub codec: Option<&'static str>,
+    pub sdp: Option<String>,
+    pub data: Option<Arc<[u8]>>,
+    pub rtp_time: Option<u64>,
+    pub keyframe: Option<bool>,
+    pub contiguous: Option<bool>,
+    pub stream_id: Option<String>,
+    pub track_id: Option<String>,
+    pub bitrate: Option<u64>,
+    pub reason: Option<String>,
+}
+
+impl EngineEvent {
+    pub fn new(kind: EventKind, connection: Arc<str>) -> Self {
+        EngineEvent {
+            kind,
+            connection,
+            mid: None,
+            media: None,
+            codec: None,
+            sdp: None,
+            data: None,
+            rtp_time: None,
+            keyframe: None,
+            contiguous: None,
+            stream_id: None,
+            track_id: None,
+            bitrate: None,
+            reason: None,
+        }
+    }
+}

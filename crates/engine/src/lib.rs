@@ -1,0 +1,20 @@
+//! Hibiki's data plane.
+//!
+//! * [`sfu`]: shard threads that own UDP sockets, channels and connections
+//!   and forward RTP between them (str0m in RTP mode, ICE-lite).
+//! * [`client`]: one thread per process hosting every client connection
+//!   (str0m in frame mode, full ICE).
+//!
+//! Both are driven by commands over channels and report [`event::EngineEvent`]s
+//! through a [`queue::EventQueue`] whose file descriptor an asyncio loop can
+//! watch. No Python runs on these threads. str0m is only touched in [`peer`].
+
+pub mod client;
+pub mod demux;
+pub mod event;
+pub mod peer;
+pub mod queue;
+pub mod rewrite;
+pub mod sfu;
+pub mod timer;
+mod waker;

@@ -1,0 +1,543 @@
+//! The one module that touches str0m.
+//!
+//! str0m breaks its API on nearly every minor release, so everything the rest
+//! of the engine needs from it goes through [`Peer`] and the plain types
+//! below. An upgrade of str0m should only ever edit this file.
+//!
+//! A `Peer` is one `str0m::Rtc` plus the bits of negotiation state that
+//! str0m leaves to the application (the pending local offer). The
+//! single-mutation invariant is the caller's to honour: after every mutation
+//! (`handle_*`, `write_*`, `request_keyframe*`, SDP operations) drain
+//! [`Peer::poll`] until it returns [`Output::Timeout`].
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
+
+pub use str0m::media::Mid;
+pub use str0m::net::DatagramSend as Datagram;
+
+/// Audio or video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Audio,
+    Video,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Audio => "audio",
+            Kind::Video => "video",
+        }
+    }
+    fn from_str0m(k: MediaKind) -> Self {
+        if k.is_audio() {
+            Kind::Audio
+        } else {
+            Kind::Video
+        }
+    }
+    fn to_str0m(self) -> MediaKind {
+        match self {
+            Kind::Audio => MediaKind::Audio,
+            Kind::Video => MediaKind::Video,
+        }
+    }
+}
+
+/// One change in a local offer.
+#[derive(Debug, Clone)]
+pub enum OfferChange {
+    /// An m-line on which we receive the remote's upstream track.
+    AddRecv(Kind),
+    /// An m-line on which we send a forwarded track, with its msid.
+    AddSend {
+        kind: Kind,
+        stream_id: String,
+        track_id: String,
+    },
+    /// Stop (port 0) an m-line.
+    Stop(Mid),
+    /// A data channel (the first one adds the application m-line).
+    AddChannel(String),
+}
+
+/// An RTP packet received in RTP mode, with what forwarding needs.
+#[derive(Debug, Clone)]
+pub struct RtpIn {
+    pub mid: Mid,
+    pub pt: u8,
+    /// Extended (64-bit) sequence number.
+    pub seq: u64,
+    /// Extended RTP time in the codec clock.
+    pub time: u64,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+    pub audio_level: Option<(i8, bool)>,
+    pub received: Instant,
+}
+
+/// A whole encoded frame received in frame mode.
+#[derive(Debug, Clone)]
+pub struct FrameIn {
+    pub mid: Mid,
+    pub codec: &'static str,
+    pub kind: Kind,
+    pub rtp_time: u64,
+    pub keyframe: bool,
+    pub contiguous: bool,
+    pub data: Arc<[u8]>,
+}
+
+/// What a peer reports, in our vocabulary.
+#[derive(Debug)]
+pub enum PeerEvent {
+    /// ICE and DTLS are up.
+    Connected,
+    /// ICE lost the remote (consent expired) or the remote closed DTLS.
+    Disconnected,
+    Rtp(RtpIn),
+    Frame(FrameIn),
+    /// The remote asks for a keyframe on one of our sending m-lines.
+    KeyframeRequest(Mid),
+    /// Send-side bandwidth estimate, bits per second.
+    Bitrate(u64),
+}
+
+/// Output of [`Peer::poll`].
+pub enum Output {
+    Timeout(Instant),
+    Transmit {
+        source: SocketAddr,
+        destination: SocketAddr,
+        data: Datagram,
+    },
+    Event(PeerEvent),
+}
+
+/// A media line as negotiated, for telling Python about tracks.
+#[derive(Debug, Clone)]
+pub struct MediaInfo {
+    pub mid: Mid,
+    pub kind: Kind,
+    pub stream_id: String,
+    pub track_id: String,
+    pub receiving: bool,
+    pub sending: bool,
+    pub stopped: bool,
+}
+
+/// Codec names as they appear in signaling (`video.codec_type`).
+pub fn codec_name(codec: Codec) -> &'static str {
+    match codec {
+        Codec::Opus => "OPUS",
+        Codec::Vp8 => "VP8",
+        Codec::Vp9 => "VP9",
+        Codec::Av1 => "AV1",
+        Codec::H264 => "H264",
+        Codec::H265 => "H265",
+        Codec::H266 => "H266",
+        Codec::PCMU => "PCMU",
+        Codec::PCMA => "PCMA",
+        Codec::G722 => "G722",
+        _ => "UNKNOWN",
+    }
+}
+
+fn codec_from_name(name: &str) -> Option<Codec> {
+    Some(match name.to_ascii_uppercase().as_str() {
+        "OPUS" => Codec::Opus,
+        "VP8" => Codec::Vp8,
+        "VP9" => Codec::Vp9,
+        "AV1" => Codec::Av1,
+        "H264" => Codec::H264,
+        "H265" => Codec::H265,
+        _ => return None,
+    })
+}
+
+/// Whether `name` is a codec the engine can carry.
+pub fn is_known_codec(name: &str) -> bool {
+    codec_from_name(name).is_some()
+}
+
+/// One DTLS certificate per process: generating one costs milliseconds of
+/// CPU, which would otherwise be paid on every join.
+fn shared_cert() -> DtlsCert {
+    static CERT: OnceLock<DtlsCert> = OnceLock::new();
+    CERT.get_or_init(|| {
+        str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+            .expect("DTLS certificate generation")
+    })
+    .clone()
+}
+
+/// The role a peer plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// SFU side: ICE-lite, RTP mode (forward packets without repacketizing).
+    Server,
+    /// SDK side: full ICE, frame mode (whole encoded frames in and out).
+    Client,
+}
+
+/// One WebRTC peer connection.
+pub struct Peer {
+    rtc: Rtc,
+    pending: Option<SdpPendingOffer>,
+    local_addr: Option<SocketAddr>,
+}
+
+impl Peer {
+    /// A new peer. `ufrag` lets the SFU choose the ICE username fragment so
+    /// that it can route STUN by it.
+    pub fn new(role: Role, now: Instant, ufrag: Option<&str>) -> Peer {
+        let mut cfg = Rtc::builder().set_dtls_cert(shared_cert());
+        if let Some(ufrag) = ufrag {
+            cfg = cfg.set_local_ice_credentials(str0m::IceCreds {
+                ufrag: ufrag.to_string(),
+                pass: random_token(24),
+            });
+        }
+        cfg = match role {
+            Role::Server => cfg.set_ice_lite(true).set_rtp_mode(true),
+            Role::Client => cfg
+                .enable_bwe(Some(str0m::bwe::Bitrate::kbps(1500)))
+                // Our frames are small on loopback; a shorter audio reorder
+                // window keeps receive latency low.
+                .set_reordering_size_audio(5),
+        };
+        let rtc = cfg.build(now);
+        Peer {
+            rtc,
+            pending: None,
+            local_addr: None,
+        }
+    }
+
+    /// Add a host candidate on which this peer can be reached.
+    pub fn add_local_candidate(&mut self, addr: SocketAddr) -> Result<(), String> {
+        let c = Candidate::host(addr, "udp").map_err(|e| e.to_string())?;
+        self.rtc.add_local_candidate(c);
+        if self.local_addr.is_none() {
+            self.local_addr = Some(addr);
+        }
+        Ok(())
+    }
+
+    /// Add a trickled remote candidate (`candidate:...`, with or without `a=`).
+    pub fn add_remote_candidate(&mut self, line: &str) -> Result<(), String> {
+        let line = line.trim().trim_start_matches("a=");
+        let c = Candidate::from_sdp_string(line).map_err(|e| format!("bad candidate: {e}"))?;
+        self.rtc.add_remote_candidate(c);
+        Ok(())
+    }
+
+    /// Apply `changes` as a local offer. Returns the mids of the changes in
+    /// order (None for `Stop`) and the SDP, or None if nothing needs
+    /// negotiating. Only one local offer may be outstanding.
+    pub fn create_offer(
+        &mut self,
+        changes: &[OfferChange],
+    ) -> Result<(Vec<Option<Mid>>, Option<String>), String> {
+        if self.pending.is_some() {
+            return Err("an offer is already outstanding".into());
+        }
+        let mut api = self.rtc.sdp_api();
+        let mut mids = Vec::with_capacity(changes.len());
+        for change in changes {
+            mids.push(match change {
+                OfferChange::AddRecv(kind) => {
+                    Some(api.add_media(kind.to_str0m(), Direction::RecvOnly, None, None, None))
+                }
+                OfferChange::AddSend {
+                    kind,
+                    stream_id,
+                    track_id,
+                } => Some(api.add_media(
+                    kind.to_str0m(),
+                    Direction::SendOnly,
+                    Some(stream_id.clone()),
+                    Some(track_id.clone()),
+                    None,
+                )),
+                OfferChange::Stop(mid) => {
+                    api.stop_media(*mid);
+                    None
+                }
+                OfferChange::AddChannel(label) => {
+                    api.add_channel(label.clone());
+                    None
+                }
+            });
+        }
+        match api.apply() {
+            Some((offer, pending)) => {
+                self.pending = Some(pending);
+                Ok((mids, Some(offer.to_sdp_string())))
+            }
+            None => Ok((mids, None)),
+        }
+    }
+
+    /// Whether a local offer waits for its answer.
+    pub fn has_pending_offer(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Apply the remote answer to our outstanding offer.
+    pub fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("invalid SDP: {e}"))?;
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| "no offer is outstanding".to_string())?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| format!("answer rejected: {e}"))
+    }
+
+    /// Apply a remote offer and return our answer.
+    pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("invalid SDP: {e}"))?;
+        self.pending = None;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| format!("offer rejected: {e}"))?;
+        Ok(answer.to_sdp_string())
+    }
+
+    /// Every audio/video m-line as negotiated now.
+    pub fn media_lines(&self, mids: impl IntoIterator<Item = Mid>) -> Vec<MediaInfo> {
+        mids.into_iter()
+            .filter_map(|mid| self.media_info(mid))
+            .collect()
+    }
+
+    /// One m-line as negotiated now.
+    pub fn media_info(&self, mid: Mid) -> Option<MediaInfo> {
+        let m = self.rtc.media(mid)?;
+        Some(MediaInfo {
+            mid,
+            kind: Kind::from_str0m(m.kind()),
+            stream_id: m.stream_id().to_string(),
+            track_id: m.track_id().to_string(),
+            receiving: m.direction().is_receiving(),
+            sending: m.direction().is_sending(),
+            stopped: m.disabled(),
+        })
+    }
+
+    /// Feed a received datagram.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        source: SocketAddr,
+        destination: SocketAddr,
+        buf: &[u8],
+    ) -> Result<(), String> {
+        let recv = Receive::new(Protocol::Udp, source, destination, buf)
+            .map_err(|e| format!("unparseable datagram: {e}"))?;
+        self.rtc
+            .handle_input(Input::Receive(now, recv))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether this peer would take a datagram from `source` (used to
+    /// confirm a demultiplexing guess, never to scan).
+    pub fn accepts(&self, source: SocketAddr, destination: SocketAddr, buf: &[u8]) -> bool {
+        match Receive::new(Protocol::Udp, source, destination, buf) {
+            Ok(recv) => self.rtc.accepts(&Input::Receive(Instant::now(), recv)),
+            Err(_) => false,
+        }
+    }
+
+    /// Advance time.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), String> {
+        self.rtc
+            .handle_input(Input::Timeout(now))
+            .map_err(|e| e.to_string())
+    }
+
+    /// Whether the peer is still usable.
+    pub fn is_alive(&self) -> bool {
+        self.rtc.is_alive()
+    }
+
+    /// Hard stop.
+    pub fn disconnect(&mut self) {
+        self.rtc.disconnect();
+    }
+
+    /// Next output. Events str0m reports that we do not use come back as
+    /// `Ok(None)`; keep polling.
+    pub fn poll(&mut self) -> Result<Option<Output>, String> {
+        let out = self.rtc.poll_output().map_err(|e| e.to_string())?;
+        Ok(match out {
+            RtcOutput::Timeout(t) => Some(Output::Timeout(t)),
+            RtcOutput::Transmit(t) => Some(Output::Transmit {
+                source: t.source,
+                destination: t.destination,
+                data: t.contents,
+            }),
+            RtcOutput::Event(e) => self.translate(e).map(Output::Event),
+        })
+    }
+
+    fn translate(&mut self, e: Event) -> Option<PeerEvent> {
+        match e {
+            Event::Connected => Some(PeerEvent::Connected),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                Some(PeerEvent::Disconnected)
+            }
+            Event::Closed => Some(PeerEvent::Disconnected),
+            Event::RtpPacket(p) => {
+                let mid = p.header.ext_vals.mid?;
+                Some(PeerEvent::Rtp(RtpIn {
+                    mid,
+                    pt: *p.header.payload_type,
+                    seq: *p.seq_no,
+                    time: p.time.numer(),
+                    marker: p.header.marker,
+                    audio_level: p
+                        .header
+                        .ext_vals
+                        .audio_level
+                        .map(|l| (l, p.header.ext_vals.voice_activity.unwrap_or(false))),
+                    payload: p.payload,
+                    received: p.timestamp,
+                }))
+            }
+            Event::MediaData(d) => {
+                let keyframe = d.is_keyframe();
+                let spec = d.params.spec();
+                Some(PeerEvent::Frame(FrameIn {
+                    mid: d.mid,
+                    codec: codec_name(spec.codec),
+                    kind: if spec.codec.is_audio() {
+                        Kind::Audio
+                    } else {
+                        Kind::Video
+                    },
+                    rtp_time: d.time.numer(),
+                    keyframe,
+                    contiguous: d.contiguous,
+                    data: d.data,
+                }))
+            }
+            Event::KeyframeRequest(r) => Some(PeerEvent::KeyframeRequest(r.mid)),
+            Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate: b, .. }) => {
+                Some(PeerEvent::Bitrate(b.as_u64()))
+            }
+            _ => None,
+        }
+    }
+
+    /// RTP mode: send one forwarded packet on our sending m-line `mid`.
+    /// Returns false when the m-line has no send stream yet (not negotiated).
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_rtp(
+        &mut self,
+        mid: Mid,
+        pt: u8,
+        seq: u64,
+        time: u32,
+        wallclock: Instant,
+        marker: bool,
+        audio_level: Option<(i8, bool)>,
+        payload: Arc<[u8]>,
+        nackable: bool,
+    ) -> bool {
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            return false;
+        };
+        let mut ext = ExtensionValues::default();
+        if let Some((level, voice)) = audio_level {
+            ext.audio_level = Some(level);
+            ext.voice_activity = Some(voice);
+        }
+        tx.write_rtp(
+            RtpWrite::new(pt.into(), SeqNo::from(seq), time, wallclock, payload)
+                .marker(marker)
+                .ext_vals(ext)
+                .nackable(nackable),
+        );
+        true
+    }
+
+    /// RTP mode: ask the sender of our receiving m-line `mid` for a keyframe.
+    pub fn request_keyframe_rx(&mut self, mid: Mid) -> bool {
+        let mut api = self.rtc.direct_api();
+        match api.stream_rx_by_mid(mid, None) {
+            Some(rx) => {
+                rx.request_keyframe(KeyframeRequestKind::Pli);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Frame mode: send one encoded frame on our sending m-line `mid`.
+    pub fn write_frame(
+        &mut self,
+        mid: Mid,
+        codec: &str,
+        rtp_time: u64,
+        wallclock: Instant,
+        data: &[u8],
+    ) -> Result<(), String> {
+        let codec = codec_from_name(codec).ok_or_else(|| format!("unknown codec {codec}"))?;
+        let writer = self
+            .rtc
+            .writer(mid)
+            .ok_or_else(|| format!("no sending m-line {mid}"))?;
+        let params = writer
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .ok_or_else(|| format!("codec {} not negotiated on {mid}", codec_name(codec)))?;
+        let pt = params.pt();
+        let rate = params.spec().clock_rate;
+        writer
+            .write(pt, wallclock, MediaTime::new(rtp_time, rate), data)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Frame mode: ask the remote sender of `mid` for a keyframe.
+    pub fn request_keyframe_frame(&mut self, mid: Mid) -> Result<(), String> {
+        let mut writer = self
+            .rtc
+            .writer(mid)
+            .ok_or_else(|| format!("no m-line {mid}"))?;
+        writer
+            .request_keyframe(None, KeyframeRequestKind::Pli)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Parse a mid from its string form.
+pub fn mid_from_str(s: &str) -> Mid {
+    Mid::from(s)
+}
+
+/// A random string of ICE characters.
+pub fn random_token(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    (0..len)
+        .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
+        .collect()
+}

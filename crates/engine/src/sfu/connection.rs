@@ -1,0 +1,69 @@
+//! One participant's connection as a shard sees it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::track::TrackKey;
+use crate::peer::{Kind, Mid, Peer};
+use crate::rewrite::Rewriter;
+
+/// A connection's receipt of another connection's track on one of its
+/// sending m-lines.
+pub struct Subscription {
+    pub track: TrackKey,
+    pub kind: Kind,
+    /// False until the subscriber's answer for this m-line arrived.
+    pub active: bool,
+    pub rewriter: Rewriter,
+}
+
+pub struct Connection {
+    pub name: Arc<str>,
+    pub channel: Arc<str>,
+    pub peer: Peer,
+    pub recv: bool,
+    /// Our receiving m-lines: the client's upstream tracks.
+    pub upstream: Vec<(Mid, Kind)>,
+    /// The first answer was applied (re-offers may follow).
+    pub answered: bool,
+    pub connected: bool,
+    /// Set when the connection must be reaped; the reason goes to Python.
+    pub dead: Option<String>,
+    pub subscriptions: HashMap<Mid, Subscription>,
+    /// Tracks to add in the next re-offer.
+    pub pending_add: Vec<TrackKey>,
+    /// Our m-lines to stop in the next re-offer.
+    pub pending_stop: Vec<Mid>,
+}
+
+impl Connection {
+    pub fn needs_offer(&self) -> bool {
+        self.answered
+            && self.dead.is_none()
+            && !self.peer.has_pending_offer()
+            && (!self.pending_add.is_empty() || !self.pending_stop.is_empty())
+    }
+
+    pub fn mid_for(&self, kind: Kind) -> Option<String> {
+        self.upstream
+            .iter()
+            .find(|(_, k)| *k == kind)
+            .map(|(m, _)| m.to_string())
+    }
+}
+
+pub fn clock_rate(kind: Kind) -> u32 {
+    match kind {
+        Kind::Audio => 48_000,
+        Kind::Video => 90_000,
+    }
+}
+
+pub fn new_subscription(track: TrackKey, kind: Kind) -> Subscription {
+    Subscription {
+        track,
+        kind,
+        active: false,
+        rewriter: Rewriter::new(clock_rate(kind)),
+    }
+}

@@ -1,0 +1,778 @@
+//! A shard: one thread, one UDP socket, and every channel and connection
+//! pinned to it.
+//!
+//! Loop: wait (mio) for datagrams, commands or the earliest timer; route
+//! each datagram (address map, else STUN username) to its connection; feed
+//! it to the peer and drain; forward RTP to the subscriptions of the track;
+//! fire due timers from the heap; apply commands. Per-connection work runs
+//! under `catch_unwind` so a panic in str0m kills that connection only.
+
+use std::collections::HashMap;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use mio::net::UdpSocket;
+use mio::{Events, Interest, Poll, Token};
+use tracing::{debug, info, warn};
+
+use super::connection::{new_subscription, Connection};
+use super::track::{Track, TrackKey};
+use super::{next_id, Command, ConnectionSpec, Created};
+use crate::demux::Demux;
+use crate::event::{EngineEvent, EventKind};
+use crate::peer::{random_token, Kind, Mid, OfferChange, Output, Peer, PeerEvent, Role};
+use crate::queue::EventSender;
+use crate::timer::TimerHeap;
+use crate::waker::{command_channel, CommandSender};
+
+const SOCKET: Token = Token(0);
+const WAKER: Token = Token(1);
+/// Upper bound on a poll wait, so a shard notices shutdown even if a waker
+/// were lost.
+const MAX_WAIT: Duration = Duration::from_millis(250);
+
+/// Counters a shard publishes for stats and benchmarks.
+#[derive(Default, Debug)]
+pub struct ShardCounters {
+    pub rx_packets: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub forwarded_packets: AtomicU64,
+    pub connections: AtomicU64,
+    pub unroutable: AtomicU64,
+}
+
+/// Start a shard thread bound to `bind`.
+pub(crate) fn spawn(
+    index: usize,
+    bind: SocketAddr,
+    advertised_ip: IpAddr,
+    events: EventSender,
+) -> std::io::Result<(
+    CommandSender<Command>,
+    JoinHandle<()>,
+    u16,
+    Arc<ShardCounters>,
+)> {
+    let poll = Poll::new()?;
+    let std_socket = std::net::UdpSocket::bind(bind)?;
+    std_socket.set_nonblocking(true)?;
+    let mut socket = UdpSocket::from_std(std_socket);
+    let local = socket.local_addr()?;
+    poll.registry()
+        .register(&mut socket, SOCKET, Interest::READABLE)?;
+    let (commands, rx) = command_channel(&poll, WAKER)?;
+    let counters = Arc::new(ShardCounters::default());
+    let shard = Shard {
+        index,
+        socket,
+        candidate: SocketAddr::new(advertised_ip, local.port()),
+        conns: HashMap::new(),
+        by_name: HashMap::new(),
+        channels: HashMap::new(),
+        tracks: HashMap::new(),
+        demux: Demux::new(),
+        timers: TimerHeap::new(),
+        events,
+        counters: counters.clone(),
+        deferred: Vec::new(),
+        scratch: Vec::new(),
+        dying: Vec::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("hibiki-shard-{index}"))
+        .spawn(move || shard.run(poll, rx))?;
+    info!(shard = index, addr = %local, "shard started");
+    Ok((commands, thread, local.port(), counters))
+}
+
+struct Shard {
+    index: usize,
+    socket: UdpSocket,
+    /// The address in our ICE candidates.
+    candidate: SocketAddr,
+    conns: HashMap<u64, Connection>,
+    by_name: HashMap<Arc<str>, u64>,
+    channels: HashMap<Arc<str>, Vec<u64>>,
+    tracks: HashMap<TrackKey, Track>,
+    demux: Demux<u64>,
+    timers: TimerHeap<u64>,
+    events: EventSender,
+    counters: Arc<ShardCounters>,
+    /// Events raised while draining a peer that must be handled after the
+    /// drain (handling them mutates other peers).
+    deferred: Vec<(u64, PeerEvent)>,
+    /// Reused buffer for one peer's drained events.
+    scratch: Vec<PeerEvent>,
+    /// Connections marked dead since the last reap.
+    dying: Vec<u64>,
+}
+
+/// Drain a peer until it asks for a timeout: send its datagrams, arm its
+/// timer, collect its events. Returns an error text if the peer failed.
+fn drain(
+    conn_id: u64,
+    peer: &mut Peer,
+    socket: &UdpSocket,
+    timers: &mut TimerHeap<u64>,
+    counters: &ShardCounters,
+    out: &mut Vec<PeerEvent>,
+) -> Result<(), String> {
+    loop {
+        match peer.poll()? {
+            Some(Output::Timeout(t)) => {
+                timers.set(conn_id, t);
+                return Ok(());
+            }
+            Some(Output::Transmit {
+                destination, data, ..
+            }) => {
+                match socket.send_to(&data, destination) {
+                    Ok(_) => {
+                        counters.tx_packets.fetch_add(1, Ordering::Relaxed);
+                    }
+                    // UDP: a full socket buffer drops, like the network would.
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => debug!(conn = conn_id, error = %e, "send failed"),
+                }
+            }
+            Some(Output::Event(e)) => out.push(e),
+            None => {}
+        }
+    }
+}
+
+impl Shard {
+    fn run(mut self, mut poll: Poll, commands: Receiver<Command>) {
+        let mut events = Events::with_capacity(256);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let now = Instant::now();
+            let wait = self
+                .timers
+                .next_deadline()
+                .map(|d| d.saturating_duration_since(now))
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT);
+            if let Err(e) = poll.poll(&mut events, Some(wait)) {
+                if e.kind() != ErrorKind::Interrupted {
+                    warn!(shard = self.index, error = %e, "poll failed");
+                }
+                continue;
+            }
+            for ev in events.iter() {
+                if ev.token() == SOCKET {
+                    self.read_socket(&mut buf);
+                }
+            }
+            // Commands are checked every turn (not only on the waker token)
+            // so none waits behind a burst of datagrams.
+            loop {
+                match commands.try_recv() {
+                    Ok(Command::Stop) => {
+                        info!(shard = self.index, "shard stopping");
+                        return;
+                    }
+                    Ok(cmd) => self.command(cmd),
+                    Err(_) => break,
+                }
+            }
+            let now = Instant::now();
+            while let Some(id) = self.timers.pop_due(now) {
+                self.with_peer(id, |peer| peer.handle_timeout(now));
+            }
+            self.handle_deferred();
+            self.reap();
+        }
+    }
+
+    fn read_socket(&mut self, buf: &mut [u8]) {
+        loop {
+            match self.socket.recv_from(buf) {
+                Ok((n, source)) => {
+                    self.counters.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    self.datagram(source, n, buf);
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                // ICMP errors surface here on Linux; they concern one peer
+                // and are not fatal to the socket.
+                Err(e) => {
+                    debug!(shard = self.index, error = %e, "recv error");
+                    continue;
+                }
+            }
+        }
+    }
+
+    fn datagram(&mut self, source: SocketAddr, n: usize, buf: &[u8]) {
+        let data = &buf[..n];
+        let Some((id, by_addr)) = self.demux.route(source, data) else {
+            self.counters.unroutable.fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        let destination = self.candidate;
+        if !by_addr {
+            // A STUN request naming our ufrag from a new address: learn the
+            // address only if ICE agrees it belongs to this peer.
+            let Some(conn) = self.conns.get(&id) else {
+                return;
+            };
+            if !conn.peer.accepts(source, destination, data) {
+                return;
+            }
+            self.demux.learn_addr(source, id);
+        }
+        let now = Instant::now();
+        self.with_peer(id, |peer| {
+            peer.handle_receive(now, source, destination, data)
+        });
+    }
+
+    /// Run a mutation on one connection's peer, drain it and handle what it
+    /// produced. Errors and panics mark the connection dead.
+    fn with_peer(&mut self, id: u64, f: impl FnOnce(&mut Peer) -> Result<(), String>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.dead.is_some() {
+            return;
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        let socket = &self.socket;
+        let timers = &mut self.timers;
+        let counters = &*self.counters;
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            f(&mut conn.peer)?;
+            drain(id, &mut conn.peer, socket, timers, counters, &mut out)
+        }));
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Input errors (a bad datagram) are the remote's problem,
+                // not fatal; poll errors are.
+                debug!(conn = %conn.name, error = %e, "peer error");
+                if !conn.peer.is_alive() {
+                    conn.dead = Some(format!("peer failed: {e}"));
+                }
+            }
+            Err(_) => {
+                warn!(conn = %conn.name, channel = %conn.channel, "panic in peer; closing connection");
+                conn.dead = Some("internal error".into());
+            }
+        }
+        if conn.dead.is_some() {
+            self.dying.push(id);
+        }
+        for ev in out.drain(..) {
+            match ev {
+                PeerEvent::Rtp(pkt) => self.forward(id, pkt),
+                other => self.deferred.push((id, other)),
+            }
+        }
+        self.scratch = out;
+    }
+
+    /// Forward one packet of `publisher` to every active subscription.
+    fn forward(&mut self, publisher: u64, pkt: crate::peer::RtpIn) {
+        let key = (publisher, pkt.mid);
+        let Some(track) = self.tracks.get(&key) else {
+            return;
+        };
+        let nackable = track.kind == Kind::Video;
+        let now = Instant::now();
+        let mut out = std::mem::take(&mut self.scratch);
+        for &(sub_id, sub_mid) in &track.subscribers {
+            let Some(conn) = self.conns.get_mut(&sub_id) else {
+                continue;
+            };
+            if conn.dead.is_some() || !conn.connected {
+                continue;
+            }
+            let Some(sub) = conn.subscriptions.get_mut(&sub_mid) else {
+                continue;
+            };
+            if !sub.active {
+                continue;
+            }
+            let (seq, ts) = sub.rewriter.rewrite(publisher, pkt.seq, pkt.time, now);
+            let socket = &self.socket;
+            let timers = &mut self.timers;
+            let counters = &*self.counters;
+            let payload = pkt.payload.clone();
+            let result = catch_unwind(AssertUnwindSafe(|| {
+                // PTs are the same on both sides: every server peer is built
+                // from the same codec table and clients answer with our PTs.
+                if conn.peer.write_rtp(
+                    sub_mid,
+                    pkt.pt,
+                    seq,
+                    ts,
+                    pkt.received,
+                    pkt.marker,
+                    pkt.audio_level,
+                    payload,
+                    nackable,
+                ) {
+                    counters.forwarded_packets.fetch_add(1, Ordering::Relaxed);
+                }
+                drain(sub_id, &mut conn.peer, socket, timers, counters, &mut out)
+            }));
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => conn.dead = Some(format!("peer failed: {e}")),
+                Err(_) => {
+                    warn!(conn = %conn.name, "panic while forwarding; closing connection");
+                    conn.dead = Some("internal error".into());
+                }
+            }
+            if conn.dead.is_some() {
+                self.dying.push(sub_id);
+            }
+            for ev in out.drain(..) {
+                self.deferred.push((sub_id, ev));
+            }
+        }
+        self.scratch = out;
+    }
+
+    fn handle_deferred(&mut self) {
+        // Handling can defer more events (a keyframe request drains the
+        // publisher); loop until quiet.
+        while !self.deferred.is_empty() {
+            let batch = std::mem::take(&mut self.deferred);
+            for (id, ev) in batch {
+                self.peer_event(id, ev);
+            }
+        }
+    }
+
+    fn peer_event(&mut self, id: u64, ev: PeerEvent) {
+        match ev {
+            PeerEvent::Connected => {
+                let Some(conn) = self.conns.get_mut(&id) else {
+                    return;
+                };
+                conn.connected = true;
+                info!(conn = %conn.name, channel = %conn.channel, "connected");
+                self.events
+                    .send(EngineEvent::new(EventKind::Connected, conn.name.clone()));
+                // Subscriptions negotiated before DTLS was up had their
+                // keyframe requests ignored; ask again now.
+                let tracks: Vec<TrackKey> = conn
+                    .subscriptions
+                    .values()
+                    .filter(|s| s.active)
+                    .map(|s| s.track)
+                    .collect();
+                for t in tracks {
+                    self.request_keyframe(t, true);
+                }
+            }
+            PeerEvent::Disconnected => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    conn.dead.get_or_insert_with(|| "ICE disconnected".into());
+                    self.dying.push(id);
+                }
+            }
+            PeerEvent::KeyframeRequest(mid) => {
+                let track = self
+                    .conns
+                    .get(&id)
+                    .and_then(|c| c.subscriptions.get(&mid))
+                    .map(|s| s.track);
+                if let Some(t) = track {
+                    self.request_keyframe(t, false);
+                }
+            }
+            PeerEvent::Rtp(pkt) => self.forward(id, pkt),
+            PeerEvent::Frame(_) | PeerEvent::Bitrate(_) => {}
+        }
+    }
+
+    /// Ask a track's publisher for a keyframe (throttled unless `force`).
+    fn request_keyframe(&mut self, key: TrackKey, force: bool) {
+        let now = Instant::now();
+        let Some(track) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        if track.kind != Kind::Video {
+            return;
+        }
+        if !track.allow_keyframe_request(now) && !force {
+            return;
+        }
+        let (publisher, mid) = key;
+        self.with_peer(publisher, |peer| {
+            peer.request_keyframe_rx(mid);
+            Ok(())
+        });
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Create(spec, reply) => {
+                let r = self.create(spec);
+                let _ = reply.send(r);
+            }
+            Command::Answer(name, sdp, reply) => {
+                let r = self.answer(&name, &sdp);
+                let _ = reply.send(r);
+            }
+            Command::Candidate(name, line, reply) => {
+                let r = match self.by_name.get(name.as_str()).copied() {
+                    Some(id) => {
+                        let mut res = Ok(());
+                        self.with_peer(id, |peer| {
+                            res = peer.add_remote_candidate(&line);
+                            Ok(())
+                        });
+                        res
+                    }
+                    None => Err(format!("unknown connection {name}")),
+                };
+                let _ = reply.send(r);
+            }
+            Command::RequestKeyframe(name) => {
+                if let Some(id) = self.by_name.get(name.as_str()).copied() {
+                    let keys: Vec<TrackKey> = self
+                        .tracks
+                        .keys()
+                        .filter(|(p, _)| *p == id)
+                        .copied()
+                        .collect();
+                    for k in keys {
+                        self.request_keyframe(k, true);
+                    }
+                }
+            }
+            Command::Close(name) => {
+                if let Some(id) = self.by_name.get(name.as_str()).copied() {
+                    self.remove(id, None);
+                }
+            }
+            Command::Stop => unreachable!("handled by the loop"),
+        }
+    }
+
+    fn create(&mut self, spec: ConnectionSpec) -> Result<Created, String> {
+        if self.by_name.contains_key(spec.connection_id.as_str()) {
+            return Err(format!("duplicate connection id {}", spec.connection_id));
+        }
+        let now = Instant::now();
+        let id = next_id();
+        let name: Arc<str> = spec.connection_id.as_str().into();
+        let channel: Arc<str> = spec.channel_id.as_str().into();
+        let mut ufrag = random_token(8);
+        while self.demux.has_ufrag(&ufrag) {
+            ufrag = random_token(8);
+        }
+        let mut peer = Peer::new(Role::Server, now, Some(&ufrag));
+        peer.add_local_candidate(self.candidate)?;
+
+        // Upstream m-lines first: libwebrtc binds the client's tracks to the
+        // first unused transceivers of their kind.
+        let mut changes = Vec::new();
+        if spec.send_audio {
+            changes.push(OfferChange::AddRecv(Kind::Audio));
+        }
+        if spec.send_video {
+            changes.push(OfferChange::AddRecv(Kind::Video));
+        }
+        let upstream_count = changes.len();
+        let mut offered_tracks = Vec::new();
+        if spec.recv {
+            for member in self.channels.get(&channel).into_iter().flatten() {
+                for (key, track) in self.tracks.iter().filter(|(k, _)| k.0 == *member) {
+                    changes.push(OfferChange::AddSend {
+                        kind: track.kind,
+                        stream_id: track.publisher_name.to_string(),
+                        track_id: track.track_id.clone(),
+                    });
+                    offered_tracks.push((*key, track.kind));
+                }
+            }
+        }
+        if changes.is_empty() {
+            // A recvonly client in an empty channel still needs a transport
+            // to be negotiated; a data channel m-line gives it one.
+            changes.push(OfferChange::AddChannel("hibiki".into()));
+        }
+        let (mids, sdp) = peer.create_offer(&changes)?;
+        let sdp = sdp.ok_or("nothing to offer")?;
+
+        let mut conn = Connection {
+            name: name.clone(),
+            channel: channel.clone(),
+            peer,
+            recv: spec.recv,
+            upstream: Vec::new(),
+            answered: false,
+            connected: false,
+            dead: None,
+            subscriptions: HashMap::new(),
+            pending_add: Vec::new(),
+            pending_stop: Vec::new(),
+        };
+        for (i, change) in changes.iter().enumerate().take(upstream_count) {
+            if let (OfferChange::AddRecv(kind), Some(mid)) = (change, mids[i]) {
+                conn.upstream.push((mid, *kind));
+            }
+        }
+        for (j, (key, kind)) in offered_tracks.into_iter().enumerate() {
+            if let Some(mid) = mids[upstream_count + j] {
+                conn.subscriptions.insert(mid, new_subscription(key, kind));
+            }
+        }
+        let created = Created {
+            sdp,
+            audio_mid: conn.mid_for(Kind::Audio),
+            video_mid: conn.mid_for(Kind::Video),
+        };
+        self.demux.insert_ufrag(&ufrag, id);
+        self.by_name.insert(name.clone(), id);
+        self.channels.entry(channel.clone()).or_default().push(id);
+        self.conns.insert(id, conn);
+        self.counters
+            .connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
+        // Creating the offer mutated the peer: drain it.
+        self.with_peer(id, |_| Ok(()));
+        info!(conn = %name, channel = %channel, shard = self.index, "connection created");
+        Ok(created)
+    }
+
+    fn answer(&mut self, name: &str, sdp: &str) -> Result<(), String> {
+        let id = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| format!("unknown connection {name}"))?;
+        let mut result = Ok(());
+        self.with_peer(id, |peer| {
+            result = peer.accept_answer(sdp);
+            Ok(())
+        });
+        result?;
+        let conn = self.conns.get_mut(&id).expect("present");
+        let first = !conn.answered;
+        conn.answered = true;
+
+        // Subscriptions in the answered offer become live.
+        let mut activated = Vec::new();
+        let mut vanished = Vec::new();
+        for (mid, sub) in conn.subscriptions.iter_mut() {
+            if !sub.active {
+                sub.active = true;
+                activated.push((*mid, sub.track));
+            }
+        }
+        let channel = conn.channel.clone();
+        let publisher_name = conn.name.clone();
+        let mut new_tracks = Vec::new();
+        if first {
+            for (mid, kind) in conn.upstream.clone() {
+                let live = conn
+                    .peer
+                    .media_info(mid)
+                    .map(|m| m.receiving && !m.stopped)
+                    .unwrap_or(false);
+                if live {
+                    new_tracks.push((mid, kind));
+                }
+            }
+        }
+        for (mid, key) in activated {
+            match self.tracks.get_mut(&key) {
+                Some(t) => {
+                    t.subscribers.push((id, mid));
+                }
+                None => vanished.push(mid),
+            }
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            // The track left while this m-line was being negotiated.
+            for mid in vanished {
+                conn.subscriptions.remove(&mid);
+                conn.pending_stop.push(mid);
+            }
+        }
+        for (mid, kind) in new_tracks {
+            let key = (id, mid);
+            let track_id = format!("{}-{}", kind.as_str(), mid);
+            self.tracks.insert(
+                key,
+                Track::new(kind, publisher_name.clone(), track_id.clone()),
+            );
+            let mut ev = EngineEvent::new(EventKind::TrackPublished, publisher_name.clone());
+            ev.mid = Some(mid.to_string());
+            ev.media = Some(kind.as_str());
+            ev.track_id = Some(track_id);
+            self.events.send(ev);
+            for other in self.channels.get(&channel).into_iter().flatten() {
+                if *other == id {
+                    continue;
+                }
+                if let Some(o) = self.conns.get_mut(other) {
+                    if o.recv && o.dead.is_none() {
+                        o.pending_add.push(key);
+                    }
+                }
+            }
+        }
+        // New subscribers need a picture now, not at the next periodic
+        // keyframe.
+        let wanted: Vec<TrackKey> = self
+            .conns
+            .get(&id)
+            .map(|c| {
+                c.subscriptions
+                    .values()
+                    .filter(|s| s.active && s.kind == Kind::Video)
+                    .map(|s| s.track)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for key in wanted {
+            self.request_keyframe(key, false);
+        }
+        self.renegotiate(&channel);
+        Ok(())
+    }
+
+    /// Send a re-offer to every connection of `channel` that has changes
+    /// and no offer outstanding. Renegotiation is serialised per
+    /// connection: changes that arrive meanwhile wait for the answer.
+    fn renegotiate(&mut self, channel: &Arc<str>) {
+        let members: Vec<u64> = self.channels.get(channel).cloned().unwrap_or_default();
+        for id in members {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                continue;
+            };
+            if !conn.needs_offer() {
+                continue;
+            }
+            let stops = std::mem::take(&mut conn.pending_stop);
+            let adds = std::mem::take(&mut conn.pending_add);
+            let mut changes = Vec::new();
+            for mid in &stops {
+                conn.subscriptions.remove(mid);
+                changes.push(OfferChange::Stop(*mid));
+            }
+            let mut added = Vec::new();
+            for key in adds {
+                let already = conn.subscriptions.values().any(|s| s.track == key);
+                if already {
+                    continue;
+                }
+                if let Some(t) = self.tracks.get(&key) {
+                    changes.push(OfferChange::AddSend {
+                        kind: t.kind,
+                        stream_id: t.publisher_name.to_string(),
+                        track_id: t.track_id.clone(),
+                    });
+                    added.push((key, t.kind));
+                }
+            }
+            if changes.is_empty() {
+                continue;
+            }
+            let (mids, sdp) = match conn.peer.create_offer(&changes) {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(conn = %conn.name, error = %e, "could not create re-offer");
+                    continue;
+                }
+            };
+            let offset = stops.len();
+            for (j, (key, kind)) in added.into_iter().enumerate() {
+                if let Some(mid) = mids[offset + j] {
+                    conn.subscriptions.insert(mid, new_subscription(key, kind));
+                }
+            }
+            let name = conn.name.clone();
+            if let Some(sdp) = sdp {
+                let mut ev = EngineEvent::new(EventKind::Offer, name.clone());
+                ev.sdp = Some(sdp);
+                self.events.send(ev);
+                debug!(conn = %name, channel = %channel, "re-offer");
+            }
+            self.with_peer(id, |_| Ok(()));
+        }
+    }
+
+    /// Remove a connection. `reason` is Some when the engine decided it
+    /// (Python is then told); None when Python asked.
+    fn remove(&mut self, id: u64, reason: Option<String>) {
+        let Some(mut conn) = self.conns.remove(&id) else {
+            return;
+        };
+        conn.peer.disconnect();
+        self.demux.remove(id);
+        self.timers.remove(id);
+        self.by_name.remove(&conn.name);
+        let channel = conn.channel.clone();
+        if let Some(members) = self.channels.get_mut(&channel) {
+            members.retain(|m| *m != id);
+            if members.is_empty() {
+                self.channels.remove(&channel);
+            }
+        }
+        // Its tracks disappear from every subscriber.
+        let keys: Vec<TrackKey> = self
+            .tracks
+            .keys()
+            .filter(|(p, _)| *p == id)
+            .copied()
+            .collect();
+        for key in keys {
+            if let Some(track) = self.tracks.remove(&key) {
+                for (sub_id, sub_mid) in track.subscribers {
+                    if let Some(sub) = self.conns.get_mut(&sub_id) {
+                        sub.pending_stop.push(sub_mid);
+                    }
+                }
+            }
+            for other in self.conns.values_mut() {
+                other.pending_add.retain(|k| *k != key);
+                // Offered but not yet answered: stop it too.
+                let stale: Vec<Mid> = other
+                    .subscriptions
+                    .iter()
+                    .filter(|(_, s)| s.track == key && !s.active)
+                    .map(|(m, _)| *m)
+                    .collect();
+                other.pending_stop.extend(stale);
+            }
+        }
+        // Its subscriptions stop receiving.
+        for sub in conn.subscriptions.values() {
+            if let Some(t) = self.tracks.get_mut(&sub.track) {
+                t.subscribers.retain(|(s, _)| *s != id);
+            }
+        }
+        self.counters
+            .connections
+            .store(self.conns.len() as u64, Ordering::Relaxed);
+        info!(conn = %conn.name, channel = %channel, reason = reason.as_deref().unwrap_or("closed by control plane"), "connection removed");
+        if let Some(reason) = reason {
+            let mut ev = EngineEvent::new(EventKind::Closed, conn.name.clone());
+            ev.reason = Some(reason);
+            self.events.send(ev);
+        }
+        self.renegotiate(&channel);
+    }
+
+    fn reap(&mut self) {
+        while let Some(id) = self.dying.pop() {
+            let reason = self.conns.get(&id).and_then(|c| c.dead.clone());
+            if let Some(reason) = reason {
+                self.remove(id, Some(reason));
+            }
+        }
+    }
+}

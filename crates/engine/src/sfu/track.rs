@@ -1,0 +1,63 @@
+//! A published track and who receives it.
+
+use std::time::{Duration, Instant};
+
+use crate::peer::{Kind, Mid};
+
+/// A track is identified by its publisher and the publisher's m-line.
+pub type TrackKey = (u64, Mid);
+
+/// Keyframe requests to one publisher are throttled: a burst of joiners or
+/// lossy subscribers must not make the encoder emit keyframes back to back.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
+
+pub struct Track {
+    pub kind: Kind,
+    pub publisher_name: std::sync::Arc<str>,
+    pub track_id: String,
+    /// (subscriber connection, subscriber's m-line).
+    pub subscribers: Vec<(u64, Mid)>,
+    last_keyframe_request: Option<Instant>,
+}
+
+impl Track {
+    pub fn new(kind: Kind, publisher_name: std::sync::Arc<str>, track_id: String) -> Self {
+        Track {
+            kind,
+            publisher_name,
+            track_id,
+            subscribers: Vec::new(),
+            last_keyframe_request: None,
+        }
+    }
+
+    /// Whether a keyframe request may go to the publisher now; records it.
+    pub fn allow_keyframe_request(&mut self, now: Instant) -> bool {
+        if self.kind != Kind::Video {
+            return false;
+        }
+        match self.last_keyframe_request {
+            Some(t) if now.saturating_duration_since(t) < KEYFRAME_REQUEST_INTERVAL => false,
+            _ => {
+                self.last_keyframe_request = Some(now);
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframe_requests_are_throttled_per_track() {
+        let mut t = Track::new(Kind::Video, "p".into(), "v".into());
+        let t0 = Instant::now();
+        assert!(t.allow_keyframe_request(t0));
+        assert!(!t.allow_keyframe_request(t0 + Duration::from_millis(100)));
+        assert!(t.allow_keyframe_request(t0 + Duration::from_millis(400)));
+        let mut a = Track::new(Kind::Audio, "p".into(), "a".into());
+        assert!(!a.allow_keyframe_request(t0), "audio has no keyframes");
+    }
+}

@@ -1,0 +1,381 @@
+//! `hibiki._core`: a thin PyO3 layer over the `engine` crate.
+//!
+//! Nothing here decides anything: it converts arguments, releases the GIL
+//! around calls that wait on an engine thread, and turns engine events into
+//! Python objects. The type stub is `python/hibiki/_core.pyi`.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Once;
+use std::time::Duration;
+
+use engine::client::ClientEngine as EngineClient;
+use engine::event::EngineEvent;
+use engine::sfu::{ConnectionSpec, Sfu as EngineSfu};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+/// Route the engine's `tracing` output to stderr once, filtered by
+/// `HIBIKI_LOG` (e.g. `HIBIKI_LOG=engine=debug`), default warnings only.
+fn init_tracing() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_env("HIBIKI_LOG")
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    });
+}
+
+/// One engine event (see `_core.pyi`).
+#[pyclass(frozen, get_all, module = "hibiki._core")]
+struct Event {
+    kind: &'static str,
+    connection: String,
+    mid: Option<String>,
+    media: Option<&'static str>,
+    codec: Option<&'static str>,
+    sdp: Option<String>,
+    data: Option<Py<PyBytes>>,
+    rtp_time: Option<u64>,
+    keyframe: Option<bool>,
+    contiguous: Option<bool>,
+    stream_id: Option<String>,
+    track_id: Option<String>,
+    bitrate: Option<u64>,
+    reason: Option<String>,
+}
+
+#[pymethods]
+impl Event {
+    fn __repr__(&self) -> String {
+        format!(
+            "Event(kind={:?}, connection={:?}, mid={:?}, media={:?})",
+            self.kind, self.connection, self.mid, self.media
+        )
+    }
+}
+
+fn to_py_events(py: Python<'_>, events: Vec<EngineEvent>) -> PyResult<Vec<Py<Event>>> {
+    events
+        .into_iter()
+        .map(|e| {
+            Py::new(
+                py,
+                Event {
+                    kind: e.kind.as_str(),
+                    connection: e.connection.to_string(),
+                    mid: e.mid,
+                    media: e.media,
+                    codec: e.codec,
+                    sdp: e.sdp,
+                    data: e.data.map(|d| PyBytes::new(py, &d).unbind()),
+                    rtp_time: e.rtp_time,
+                    keyframe: e.keyframe,
+                    contiguous: e.contiguous,
+                    stream_id: e.stream_id,
+                    track_id: e.track_id,
+                    bitrate: e.bitrate,
+                    reason: e.reason,
+                },
+            )
+        })
+        .collect()
+}
+
+/// The result of `Sfu.create_connection`.
+#[pyclass(frozen, get_all, module = "hibiki._core")]
+struct CreatedConnection {
+    sdp: String,
+    audio_mid: Option<String>,
+    video_mid: Option<String>,
+}
+
+/// Counters of one shard.
+#[pyclass(frozen, get_all, module = "hibiki._core")]
+struct ShardStats {
+    rx_packets: u64,
+    tx_packets: u64,
+    forwarded_packets: u64,
+    connections: u64,
+}
+
+fn value_err(e: String) -> PyErr {
+    PyValueError::new_err(e)
+}
+
+fn parse_ip(s: &str) -> PyResult<IpAddr> {
+    s.parse()
+        .map_err(|_| PyValueError::new_err(format!("invalid IP address: {s:?}")))
+}
+
+/// The SFU data plane.
+#[pyclass(module = "hibiki._core")]
+struct Sfu {
+    inner: Option<EngineSfu>,
+}
+
+impl Sfu {
+    fn get(&self) -> PyResult<&EngineSfu> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("the SFU is closed"))
+    }
+    fn get_mut(&mut self) -> PyResult<&mut EngineSfu> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| PyRuntimeError::new_err("the SFU is closed"))
+    }
+}
+
+#[pymethods]
+impl Sfu {
+    #[new]
+    #[pyo3(signature = (bind_ip="127.0.0.1", port=0, public_ip=None, shards=1))]
+    fn new(bind_ip: &str, port: u16, public_ip: Option<&str>, shards: usize) -> PyResult<Self> {
+        init_tracing();
+        let bind = parse_ip(bind_ip)?;
+        let public = public_ip.map(parse_ip).transpose()?;
+        if public.is_none() && bind.is_unspecified() {
+            return Err(PyValueError::new_err(
+                "binding to a wildcard address needs public_ip (the address clients reach)",
+            ));
+        }
+        let inner = EngineSfu::start(bind, port, public, shards)
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start SFU: {e}")))?;
+        Ok(Sfu { inner: Some(inner) })
+    }
+
+    #[getter]
+    fn rtc_ports(&self) -> PyResult<Vec<u16>> {
+        Ok(self.get()?.ports())
+    }
+
+    fn fileno(&self) -> PyResult<i32> {
+        Ok(self.get()?.events().fileno())
+    }
+
+    #[pyo3(signature = (max=256))]
+    fn poll_events(&mut self, py: Python<'_>, max: usize) -> PyResult<Vec<Py<Event>>> {
+        let sfu = self.get_mut()?;
+        let events = sfu.events().drain(max);
+        for e in &events {
+            if e.kind == engine::event::EventKind::Closed {
+                sfu.forget(&e.connection);
+            }
+        }
+        to_py_events(py, events)
+    }
+
+    #[pyo3(signature = (timeout, max=256))]
+    fn wait_events(
+        &mut self,
+        py: Python<'_>,
+        timeout: f64,
+        max: usize,
+    ) -> PyResult<Vec<Py<Event>>> {
+        let sfu = self.get_mut()?;
+        let d = Duration::from_secs_f64(timeout.max(0.0));
+        let events = py.detach(|| sfu.events().wait(d, max));
+        for e in &events {
+            if e.kind == engine::event::EventKind::Closed {
+                sfu.forget(&e.connection);
+            }
+        }
+        to_py_events(py, events)
+    }
+
+    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS"))]
+    #[allow(clippy::too_many_arguments)]
+    fn create_connection(
+        &mut self,
+        py: Python<'_>,
+        channel_id: &str,
+        connection_id: &str,
+        send_audio: bool,
+        send_video: bool,
+        recv: bool,
+        video_codec: &str,
+        audio_codec: &str,
+    ) -> PyResult<CreatedConnection> {
+        for c in [video_codec, audio_codec] {
+            if !engine::peer::is_known_codec(c) {
+                return Err(PyValueError::new_err(format!("unknown codec {c:?}")));
+            }
+        }
+        let spec = ConnectionSpec {
+            channel_id: channel_id.to_string(),
+            connection_id: connection_id.to_string(),
+            send_audio,
+            send_video,
+            recv,
+        };
+        let sfu = self.get_mut()?;
+        let created = py
+            .detach(|| sfu.create_connection(spec))
+            .map_err(value_err)?;
+        Ok(CreatedConnection {
+            sdp: created.sdp,
+            audio_mid: created.audio_mid,
+            video_mid: created.video_mid,
+        })
+    }
+
+    fn accept_answer(&self, py: Python<'_>, connection_id: &str, sdp: &str) -> PyResult<()> {
+        let sfu = self.get()?;
+        py.detach(|| sfu.accept_answer(connection_id, sdp))
+            .map_err(value_err)
+    }
+
+    fn add_remote_candidate(
+        &self,
+        py: Python<'_>,
+        connection_id: &str,
+        candidate: &str,
+    ) -> PyResult<()> {
+        let sfu = self.get()?;
+        py.detach(|| sfu.add_remote_candidate(connection_id, candidate))
+            .map_err(value_err)
+    }
+
+    fn request_keyframe(&self, connection_id: &str) -> PyResult<()> {
+        self.get()?
+            .request_keyframe(connection_id)
+            .map_err(value_err)
+    }
+
+    fn close_connection(&mut self, connection_id: &str) -> PyResult<()> {
+        self.get_mut()?.close_connection(connection_id);
+        Ok(())
+    }
+
+    fn stats(&self) -> PyResult<Vec<ShardStats>> {
+        Ok(self
+            .get()?
+            .counters()
+            .iter()
+            .map(|c| ShardStats {
+                rx_packets: c.rx_packets.load(Ordering::Relaxed),
+                tx_packets: c.tx_packets.load(Ordering::Relaxed),
+                forwarded_packets: c.forwarded_packets.load(Ordering::Relaxed),
+                connections: c.connections.load(Ordering::Relaxed),
+            })
+            .collect())
+    }
+
+    fn close(&mut self, py: Python<'_>) {
+        if let Some(mut sfu) = self.inner.take() {
+            py.detach(|| sfu.stop());
+        }
+    }
+}
+
+/// The client data plane.
+#[pyclass(module = "hibiki._core")]
+struct ClientEngine {
+    inner: Option<EngineClient>,
+}
+
+impl ClientEngine {
+    fn get(&self) -> PyResult<&EngineClient> {
+        self.inner
+            .as_ref()
+            .ok_or_else(|| PyRuntimeError::new_err("the client engine is closed"))
+    }
+}
+
+fn parse_handle(handle: &str) -> PyResult<u64> {
+    handle
+        .parse()
+        .map_err(|_| PyValueError::new_err(format!("invalid connection handle {handle:?}")))
+}
+
+#[pymethods]
+impl ClientEngine {
+    #[new]
+    fn new() -> PyResult<Self> {
+        init_tracing();
+        let inner = EngineClient::start()
+            .map_err(|e| PyRuntimeError::new_err(format!("cannot start client engine: {e}")))?;
+        Ok(ClientEngine { inner: Some(inner) })
+    }
+
+    fn fileno(&self) -> PyResult<i32> {
+        Ok(self.get()?.events().fileno())
+    }
+
+    #[pyo3(signature = (max=256))]
+    fn poll_events(&self, py: Python<'_>, max: usize) -> PyResult<Vec<Py<Event>>> {
+        let events = self.get()?.events().drain(max);
+        to_py_events(py, events)
+    }
+
+    #[pyo3(signature = (timeout, max=256))]
+    fn wait_events(&self, py: Python<'_>, timeout: f64, max: usize) -> PyResult<Vec<Py<Event>>> {
+        let engine = self.get()?;
+        let d = Duration::from_secs_f64(timeout.max(0.0));
+        let events = py.detach(|| engine.events().wait(d, max));
+        to_py_events(py, events)
+    }
+
+    fn connect(&self, py: Python<'_>, offer_sdp: &str) -> PyResult<(String, String)> {
+        let engine = self.get()?;
+        let (handle, answer) = py.detach(|| engine.connect(offer_sdp)).map_err(value_err)?;
+        Ok((handle.to_string(), answer))
+    }
+
+    fn accept_offer(&self, py: Python<'_>, handle: &str, sdp: &str) -> PyResult<String> {
+        let h = parse_handle(handle)?;
+        let engine = self.get()?;
+        py.detach(|| engine.accept_offer(h, sdp)).map_err(value_err)
+    }
+
+    fn add_remote_candidate(&self, handle: &str, candidate: &str) -> PyResult<()> {
+        self.get()?
+            .add_remote_candidate(parse_handle(handle)?, candidate);
+        Ok(())
+    }
+
+    fn write_frame(
+        &self,
+        handle: &str,
+        mid: &str,
+        codec: &str,
+        data: &[u8],
+        rtp_time: u64,
+    ) -> PyResult<bool> {
+        Ok(self
+            .get()?
+            .write_frame(parse_handle(handle)?, mid, codec, data, rtp_time))
+    }
+
+    fn request_keyframe(&self, handle: &str, mid: &str) -> PyResult<()> {
+        self.get()?.request_keyframe(parse_handle(handle)?, mid);
+        Ok(())
+    }
+
+    fn close_connection(&self, handle: &str) -> PyResult<()> {
+        self.get()?.close_connection(parse_handle(handle)?);
+        Ok(())
+    }
+
+    fn close(&mut self, py: Python<'_>) {
+        if let Some(mut e) = self.inner.take() {
+            py.detach(|| e.stop());
+        }
+    }
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Event>()?;
+    m.add_class::<CreatedConnection>()?;
+    m.add_class::<ShardStats>()?;
+    m.add_class::<Sfu>()?;
+    m.add_class::<ClientEngine>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

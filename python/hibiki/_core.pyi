@@ -1,0 +1,140 @@
+"""Type stub for ``hibiki._core``, the Rust data plane (crates/py over crates/engine).
+
+Two engines live here:
+
+* :class:`Sfu` — the server side. Shard threads own UDP sockets, channels and
+  connections, and forward RTP without Python.
+* :class:`ClientEngine` — the client side. One thread per process hosts every
+  client connection, takes encoded frames in and gives encoded frames out.
+
+Both report through a queue of :class:`Event` objects. ``fileno()`` is a file
+descriptor that becomes readable when events are pending, so an asyncio loop
+can ``loop.add_reader(engine.fileno(), drain)``; ``poll_events()`` drains
+without blocking and clears the wake-up; ``wait_events(timeout)`` blocks (with
+the GIL released) for callers without a loop.
+"""
+
+from typing import Literal
+
+EventKind = Literal[
+    # both engines
+    "connected",  # ICE and DTLS are up
+    "closed",  # the connection is gone; ``reason`` says why
+    # Sfu only
+    "offer",  # renegotiation: send ``sdp`` to the client as a re-offer
+    "track_published",  # a connection's upstream track was negotiated
+    # ClientEngine only
+    "track_added",  # a remote track (m-line we receive) appeared
+    "track_removed",  # a remote track was stopped/removed by the server
+    "frame",  # an encoded frame of a remote track
+    "keyframe_request",  # the far end asks for a keyframe on our track ``mid``
+    "bitrate",  # send-side bandwidth estimate changed (``bitrate`` bps)
+]
+
+class Event:
+    """One thing that happened in an engine. Fields not relevant to ``kind`` are None."""
+
+    kind: EventKind
+    connection: str
+    """Server: the connection_id. Client: the handle returned by ``ClientEngine.connect``."""
+    mid: str | None
+    media: Literal["audio", "video"] | None
+    codec: str | None
+    """Codec name of a frame, e.g. ``"VP8"`` or ``"OPUS"``."""
+    sdp: str | None
+    data: bytes | None
+    """Encoded frame payload (``frame``)."""
+    rtp_time: int | None
+    """Frame timestamp in the codec clock (90 kHz video, 48 kHz Opus), extended to 64 bits."""
+    keyframe: bool | None
+    contiguous: bool | None
+    """False when frames were lost before this one (the decoder should expect a keyframe)."""
+    stream_id: str | None
+    """msid stream id of a remote track; on our server it is the sender's connection_id."""
+    track_id: str | None
+    bitrate: int | None
+    reason: str | None
+
+class CreatedConnection:
+    """The result of :meth:`Sfu.create_connection`."""
+
+    sdp: str
+    """The server's SDP offer (candidates included, upstream m-lines first)."""
+    audio_mid: str | None
+    video_mid: str | None
+
+class ShardStats:
+    rx_packets: int
+    tx_packets: int
+    forwarded_packets: int
+    connections: int
+
+class Sfu:
+    """The SFU data plane.
+
+    >>> sfu = Sfu("127.0.0.1", 0)
+    >>> created = sfu.create_connection("room", "CONN1", send_audio=True, send_video=True, recv=True)
+    >>> sfu.accept_answer("CONN1", answer_sdp)
+    """
+
+    def __init__(
+        self,
+        bind_ip: str = "127.0.0.1",
+        port: int = 0,
+        public_ip: str | None = None,
+        shards: int = 1,
+    ) -> None: ...
+    @property
+    def rtc_ports(self) -> list[int]:
+        """The UDP port of each shard."""
+    def fileno(self) -> int: ...
+    def poll_events(self, max: int = 256) -> list[Event]: ...
+    def wait_events(self, timeout: float, max: int = 256) -> list[Event]: ...
+    def create_connection(
+        self,
+        channel_id: str,
+        connection_id: str,
+        *,
+        send_audio: bool,
+        send_video: bool,
+        recv: bool,
+        video_codec: str = "VP8",
+        audio_codec: str = "OPUS",
+    ) -> CreatedConnection:
+        """Create a connection in ``channel_id`` and return the server's offer.
+
+        ``send_*``: the client publishes (the offer gets recvonly upstream m-lines).
+        ``recv``: the client subscribes to the channel's other tracks.
+        Raises ValueError for a duplicate id or an unknown codec.
+        """
+    def accept_answer(self, connection_id: str, sdp: str) -> None:
+        """Apply the client's answer (or re-answer). Raises ValueError on a bad SDP or no pending offer."""
+    def add_remote_candidate(self, connection_id: str, candidate: str) -> None: ...
+    def request_keyframe(self, connection_id: str) -> None:
+        """Ask a publisher for a keyframe on all its video tracks."""
+    def close_connection(self, connection_id: str) -> None:
+        """Remove a connection; its tracks disappear from the others (re-offer events follow)."""
+    def stats(self) -> list[ShardStats]: ...
+    def close(self) -> None:
+        """Stop every shard thread. Idempotent."""
+
+class ClientEngine:
+    """The client data plane: one thread hosting every client connection of the process."""
+
+    def __init__(self) -> None: ...
+    def fileno(self) -> int: ...
+    def poll_events(self, max: int = 256) -> list[Event]: ...
+    def wait_events(self, timeout: float, max: int = 256) -> list[Event]: ...
+    def connect(self, offer_sdp: str) -> tuple[str, str]:
+        """Create a connection from the server's offer: returns (handle, answer_sdp)."""
+    def accept_offer(self, handle: str, sdp: str) -> str:
+        """Apply a re-offer and return the re-answer SDP."""
+    def add_remote_candidate(self, handle: str, candidate: str) -> None: ...
+    def write_frame(
+        self, handle: str, mid: str, codec: str, data: bytes, rtp_time: int
+    ) -> bool:
+        """Queue an encoded frame for our track ``mid``. False if not sendable yet (not connected)."""
+    def request_keyframe(self, handle: str, mid: str) -> None:
+        """Send a PLI for the remote track ``mid``."""
+    def close_connection(self, handle: str) -> None: ...
+    def close(self) -> None: ...
