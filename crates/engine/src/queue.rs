@@ -122,20 +122,13 @@ mod tests {
     use crate::event::{EngineEvent, EventKind};
 
     fn readable(fd: RawFd) -> bool {
-        let mut s = unsafe_poll(fd);
-        s.pop().unwrap_or(false)
-    }
-
-    fn unsafe_poll(fd: RawFd) -> Vec<bool> {
-        // Peek through a dup'ed non-blocking stream instead of poll(2) to
-        // stay free of libc.
-        use std::os::fd::FromRawFd;
-        let dup = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
-            .try_clone_to_owned()
+        let mut poll = mio::Poll::new().unwrap();
+        poll.registry()
+            .register(&mut mio::unix::SourceFd(&fd), mio::Token(0), mio::Interest::READABLE)
             .unwrap();
-        let s = unsafe { UnixStream::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
-        let mut b = [0u8; 1];
-        vec![s.peek(&mut b).is_ok()]
+        let mut events = mio::Events::with_capacity(1);
+        poll.poll(&mut events, Some(Duration::from_millis(0))).unwrap();
+        !events.is_empty()
     }
 
     #[test]
