@@ -1,0 +1,36 @@
+"""Media for Hibiki: codecs through PyAV (FFmpeg) and test signals.
+
+Video frames are BGR ``uint8`` numpy arrays of shape ``(height, width, 3)``;
+audio is ``int16`` numpy of shape ``(samples, channels)``. Encoders turn them
+into :class:`EncodedFrame` s stamped in the RTP clock, ready for the engine,
+and decoders turn received frames back into numpy.
+"""
+
+from .audio import AudioConverter, AudioDecoder, AudioEncoder
+from .frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedFrame
+from .testsrc import (
+    dominant_frequency,
+    level_dbfs,
+    pattern_intact,
+    read_counter,
+    test_pattern,
+    tone,
+)
+from .video import VideoDecoder, VideoEncoder
+
+__all__ = [
+    "AUDIO_CLOCK_RATE",
+    "VIDEO_CLOCK_RATE",
+    "AudioConverter",
+    "AudioDecoder",
+    "AudioEncoder",
+    "EncodedFrame",
+    "VideoDecoder",
+    "VideoEncoder",
+    "dominant_frequency",
+    "level_dbfs",
+    "pattern_intact",
+    "read_counter",
+    "test_pattern",
+    "tone",
+]
