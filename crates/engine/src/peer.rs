@@ -406,7 +406,13 @@ impl Peer {
             }
             Event::Closed => Some(PeerEvent::Disconnected),
             Event::RtpPacket(p) => {
-                let mid = p.header.ext_vals.mid?;
+                // Senders stop sending the MID extension once an RTCP
+                // receiver report acknowledged their SSRC; str0m knows the
+                // mapping from the receive stream.
+                let mid = match p.header.ext_vals.mid {
+                    Some(m) => m,
+                    None => self.rtc.direct_api().stream_rx(&p.header.ssrc)?.mid(),
+                };
                 Some(PeerEvent::Rtp(RtpIn {
                     mid,
                     pt: *p.header.payload_type,

@@ -106,13 +106,20 @@ impl EventQueue {
     }
 
     fn clear_wakeup(&self) {
-        self.shared.armed.store(false, Ordering::Release);
+        // Empty the socket first, then disarm. The other order loses
+        // wake-ups: a producer could re-arm and write its byte between the
+        // two steps, the byte would be swallowed here, and `armed` would
+        // stay true with nothing in the socket, so no producer would ever
+        // write again. In this order a producer that sees `armed` still
+        // true has already queued its event, which the drain that follows
+        // picks up.
         let mut buf = [0u8; 64];
         while let Ok(n) = (&self.reader).read(&mut buf) {
             if n == 0 {
                 break;
             }
         }
+        self.shared.armed.store(false, Ordering::Release);
     }
 }
 
@@ -145,6 +152,36 @@ mod tests {
         assert!(readable(q.fileno()));
         assert_eq!(q.drain(10).len(), 1);
         assert!(!readable(q.fileno()));
+    }
+
+    #[test]
+    fn no_lost_wakeups_under_concurrency() {
+        let (tx, q) = event_queue().unwrap();
+        let producers: Vec<_> = (0..4)
+            .map(|_| {
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..20_000 {
+                        tx.send(EngineEvent::new(EventKind::Frame, "a".into()));
+                    }
+                })
+            })
+            .collect();
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while got < 80_000 {
+            assert!(std::time::Instant::now() < deadline, "stuck at {got} events");
+            // Only drain when the descriptor says so, as an event loop does.
+            if readable(q.fileno()) {
+                got += q.drain(7).len();
+            } else if producers.iter().all(|p| p.is_finished()) {
+                // Everything is sent: if events remain, the fd must say so.
+                assert!(q.rx.is_empty(), "events pending but no wake-up");
+            }
+        }
+        for p in producers {
+            p.join().unwrap();
+        }
     }
 
     #[test]

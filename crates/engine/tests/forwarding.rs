@@ -178,3 +178,33 @@ fn leaver_tracks_are_removed_and_garbage_is_ignored() {
     let c = &rig.sfu.counters()[0];
     assert!(c.unroutable.load(std::sync::atomic::Ordering::Relaxed) > 0);
 }
+
+#[test]
+fn audio_keeps_flowing_after_senders_drop_the_mid_extension() {
+    // Senders stop putting the MID header extension on packets once a
+    // receiver report acknowledged the SSRC (audio reports every 5 s); the
+    // shard must then route by SSRC.
+    let mut rig = Rig::new();
+    let (pub_h, amid, _) = rig.join("PUB", true, false);
+    let (sub_h, _, _) = rig.join("SUB", false, true);
+    let amid = amid.unwrap();
+    let start = Instant::now();
+    let mut n = 0u64;
+    let mut next = Instant::now();
+    let ok = rig.pump_until(Duration::from_secs(20), |rig| {
+        if Instant::now() >= next {
+            rig.client
+                .write_frame(pub_h, &amid, "OPUS", &[0x78, n as u8, 1, 2], n * 960);
+            n += 1;
+            next += Duration::from_millis(20);
+        }
+        // 8 s of 20 ms packets: well past the first receiver report.
+        rig.frames_for(sub_h, "audio").len() >= 400
+    });
+    assert!(
+        ok,
+        "audio stopped after {:?}: {} frames received",
+        start.elapsed(),
+        rig.frames_for(sub_h, "audio").len()
+    );
+}

@@ -1,0 +1,135 @@
+"""The ``hibiki`` command line.
+
+``hibiki serve``  runs the SFU and its signaling server (``/signaling``, Sora protocol).
+``hibiki demo``   runs the demo (``hibiki.demo``); its arguments are passed through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+__all__ = ["build_parser", "main"]
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"not a port number: {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``hibiki``."""
+    parser = argparse.ArgumentParser(prog="hibiki", description="Hibiki: a WebRTC SFU and Python SDK.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the SFU with its signaling server",
+        description="Run the SFU: WebSocket signaling at /signaling (Sora protocol), /health, "
+        "and the UDP media sockets.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (HTTP and UDP; default %(default)s)")
+    serve.add_argument("--port", type=_port, default=5000, help="HTTP/WebSocket port (default %(default)s)")
+    serve.add_argument("--rtc-port", type=_port, default=0, help="UDP port for media; 0 = any free port (default)")
+    serve.add_argument("--public-ip", default=None, help="address to announce in ICE candidates (behind NAT)")
+    serve.add_argument("--shards", type=int, default=1, help="SFU shard threads (default %(default)s)")
+    serve.add_argument("--log-level", default="info", choices=LOG_LEVELS, help="default %(default)s")
+    serve.add_argument(
+        "--connect-timeout", type=_positive_float, default=10.0, help="seconds to wait for `connect` (default 10)"
+    )
+    serve.add_argument(
+        "--answer-timeout",
+        type=_positive_float,
+        default=30.0,
+        help="seconds to wait for `answer` after the offer (default 30)",
+    )
+    serve.add_argument("--ping-interval", type=_positive_float, default=5.0, help="seconds between pings (default 5)")
+    serve.add_argument(
+        "--ping-timeout", type=_positive_float, default=15.0, help="close after this long without pong (default 15)"
+    )
+    serve.add_argument(
+        "--max-message-bytes", type=int, default=64 * 1024, help="largest signaling message (default 65536)"
+    )
+
+    sub.add_parser(
+        "demo",
+        help="run the demo (see `hibiki demo --help`)",
+        add_help=False,  # --help belongs to the demo's own parser
+    )
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hibiki._log import log_config
+    from hibiki.server import ServerSettings, create_app
+
+    try:
+        settings = ServerSettings(
+            host=args.host,
+            port=args.port,
+            rtc_port=args.rtc_port,
+            public_ip=args.public_ip,
+            shards=args.shards,
+            max_message_bytes=args.max_message_bytes,
+            ping_interval=args.ping_interval,
+            ping_timeout=args.ping_timeout,
+            connect_timeout=args.connect_timeout,
+            answer_timeout=args.answer_timeout,
+            log_level=args.log_level,
+        )
+    except ValueError as exc:
+        print(f"hibiki serve: {exc}", file=sys.stderr)
+        return 2
+
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        lifespan="on",
+        log_config=log_config(settings.log_level),
+        log_level=settings.log_level,
+        ws_max_size=settings.ws_max_size,
+        # The C++ client does not offer permessage-deflate; signaling messages are small.
+        ws_per_message_deflate=False,
+        timeout_graceful_shutdown=5,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        # uvicorn re-raises the captured SIGINT after its graceful shutdown.
+        pass
+    return 0 if server.started else 3
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hibiki`` console script."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["demo"]:
+        # Forward everything, options included, to the demo's own parser.
+        from hibiki.demo import main as demo_main
+
+        return int(demo_main(args_list[1:]) or 0)
+    args = build_parser().parse_args(args_list)
+    if args.command == "serve":
+        return _serve(args)
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""``Hibiki``: the sora-sdk style factory of sources and connections."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+from .connection import Connection
+from .sources import AudioSource, VideoSource
+
+__all__ = ["Hibiki", "split_kwargs"]
+
+# sora-sdk ``create_connection`` arguments we accept but do not implement yet.
+# They are ignored with a warning rather than rejected, so sora-sdk programs run.
+_SORA_UNSUPPORTED = frozenset({
+    "audio_frame_transformer", "video_frame_transformer", "simulcast", "spotlight",
+    "spotlight_number", "simulcast_rid", "simulcast_request_rid", "spotlight_focus_rid",
+    "spotlight_unfocus_rid", "forwarding_filter", "forwarding_filters", "data_channels",
+    "data_channel_signaling", "ignore_disconnect_websocket", "data_channel_signaling_timeout",
+    "disconnect_wait_timeout", "audio_streaming_language_code", "insecure", "client_cert",
+    "client_key", "ca_cert", "proxy_username", "proxy_password", "proxy_agent",
+    "degradation_preference", "video_h265_params",
+})
+# Accepted and meaningless here (we race all URLs at once anyway).
+_SORA_NOOP = frozenset({"disable_signaling_url_randomization"})
+
+
+def split_kwargs(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
+    """Drop (with a warning) the keyword arguments Hibiki does not implement."""
+    for name in list(kwargs):
+        if name in _SORA_NOOP:
+            kwargs.pop(name)
+        elif name in _SORA_UNSUPPORTED:
+            value = kwargs.pop(name)
+            if value not in (None, False):
+                warnings.warn(
+                    f"{where}: {name}={value!r} is not supported by Hibiki yet and is ignored",
+                    UserWarning,
+                    stacklevel=3,
+                )
+        else:
+            kwargs.pop(name)
+            warnings.warn(
+                f"{where}: unknown argument {name!r} is ignored (check its spelling)",
+                UserWarning,
+                stacklevel=3,
+            )
+    return kwargs
+
+
+class Hibiki:
+    """Factory of sources and connections, with sora-sdk's ``Sora`` names.
+
+    One instance can create any number of connections; a source can be given
+    to several connections and is encoded once for all of them.
+
+    >>> sdk = hibiki.Hibiki()
+    >>> video = sdk.create_video_source()
+    >>> conn = sdk.create_connection(
+    ...     signaling_urls=["ws://127.0.0.1:5000/signaling"],
+    ...     role="sendonly", channel_id="room", video_source=video)
+    >>> conn.connect()
+    >>> video.on_captured(bgr)          # uint8 [h, w, 3]
+    >>> conn.disconnect()
+
+    ``openh264``, ``video_codec_preference`` and other sora-sdk constructor
+    arguments are accepted for compatibility and ignored (codecs come from FFmpeg).
+    """
+
+    def __init__(self, openh264: str | None = None, video_codec_preference: Any = None,
+                 **kwargs: Any) -> None:
+        self.openh264 = openh264
+        self.video_codec_preference = video_codec_preference
+        self._extra = kwargs
+
+    def create_audio_source(self, channels: int, sample_rate: int) -> AudioSource:
+        """A source to feed ``int16 [samples, channels]`` PCM at ``sample_rate`` Hz."""
+        return AudioSource(channels, sample_rate)
+
+    def create_video_source(self) -> VideoSource:
+        """A source to feed ``uint8 [height, width, 3]`` BGR pictures."""
+        return VideoSource()
+
+    def create_connection(
+        self,
+        signaling_urls: list[str] | str,
+        role: str,
+        channel_id: str,
+        client_id: str | None = None,
+        bundle_id: str | None = None,
+        metadata: Any = None,
+        signaling_notify_metadata: Any = None,
+        audio_source: AudioSource | None = None,
+        video_source: VideoSource | None = None,
+        audio: bool | None = None,
+        video: bool | None = None,
+        audio_codec_type: str | None = None,
+        video_codec_type: str | None = None,
+        video_bit_rate: int | None = None,
+        audio_bit_rate: int | None = None,
+        audio_opus_params: dict[str, Any] | None = None,
+        video_vp9_params: dict[str, Any] | None = None,
+        video_av1_params: dict[str, Any] | None = None,
+        video_h264_params: dict[str, Any] | None = None,
+        websocket_connection_timeout: float | None = None,
+        websocket_close_timeout: float | None = None,
+        connect_timeout: float | None = 30.0,
+        proxy_url: str | None = None,
+        user_agent: str | None = None,
+        **kwargs: Any,
+    ) -> Connection:
+        """Create a :class:`~hibiki.Connection` (not connected yet: call ``connect()``).
+
+        Arguments follow sora-sdk's ``Sora.create_connection``. ``video_bit_rate``
+        and ``audio_bit_rate`` are in kbps. sora-sdk arguments that Hibiki does
+        not implement yet (simulcast, data channels, TLS options...) are
+        ignored with a ``UserWarning``. ``connect_timeout`` (seconds) bounds
+        ``connect()`` as a whole.
+        """
+        split_kwargs(kwargs, "create_connection")
+        return Connection(
+            signaling_urls=signaling_urls,
+            role=role,
+            channel_id=channel_id,
+            client_id=client_id,
+            bundle_id=bundle_id,
+            metadata=metadata,
+            signaling_notify_metadata=signaling_notify_metadata,
+            audio_source=audio_source,
+            video_source=video_source,
+            audio=audio,
+            video=video,
+            audio_codec_type=audio_codec_type,
+            video_codec_type=video_codec_type,
+            audio_bit_rate=audio_bit_rate,
+            video_bit_rate=video_bit_rate,
+            audio_opus_params=audio_opus_params,
+            video_vp9_params=video_vp9_params,
+            video_av1_params=video_av1_params,
+            video_h264_params=video_h264_params,
+            websocket_connection_timeout=(
+                30.0 if websocket_connection_timeout is None else websocket_connection_timeout),
+            websocket_close_timeout=3.0 if websocket_close_timeout is None else websocket_close_timeout,
+            connect_timeout=connect_timeout,
+            proxy_url=proxy_url,
+            user_agent=user_agent,
+        )

@@ -1,0 +1,67 @@
+"""The ASGI application of ``hibiki serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from hibiki.server import close_codes
+from hibiki.server.hub import Hub
+from hibiki.server.settings import ServerSettings
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("hibiki.server")
+
+
+def create_app(settings: ServerSettings | None = None) -> Starlette:
+    """Build the server's ASGI app.
+
+    Routes:
+
+    * ``/signaling`` (WebSocket): Sora signaling, see ``hibiki.server.session``.
+    * ``/health`` (GET): ``{"status": "ok", "connections": n, "channels": n,
+      "sessions": n, "rtc_ports": [...]}``; 503 until the data plane runs.
+
+    The lifespan starts the Rust data plane (``hibiki._core.Sfu``) and stops it
+    on shutdown, after uvicorn has closed the WebSockets.
+    """
+    settings = settings or ServerSettings()
+    hub = Hub(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        hub.bridge.start()
+        try:
+            yield
+        finally:
+            # Sessions still open (uvicorn's graceful timeout expired) leave
+            # now, so the Sfu is closed with nothing half-done.
+            for session in list(hub.sessions):
+                session.close(close_codes.GOING_AWAY, "server shutting down")
+            hub.bridge.stop()
+
+    async def signaling(websocket: WebSocket) -> None:
+        await hub.serve_signaling(websocket)
+
+    async def health(request: Request) -> JSONResponse:
+        doc = hub.health()
+        return JSONResponse(doc, status_code=200 if doc["status"] == "ok" else 503)
+
+    app = Starlette(
+        routes=[
+            WebSocketRoute("/signaling", signaling),
+            Route("/health", health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.hub = hub
+    app.state.settings = settings
+    return app

@@ -1,0 +1,465 @@
+"""One WebSocket signaling session: the server side of sora-signaling.md §3.1 and §4.2.
+
+States::
+
+    WS_OPEN ──connect──▶ OFFER_SENT ──answer──▶ NEGOTIATED ──"connected" event──▶ CONNECTED
+       │                    │                       │                               │
+       └────────────────────┴───────────────────────┴──────▶ CLOSING ◀──────────────┘
+         (disconnect message, WebSocket closed, bad input, ping timeout, "closed" event)
+
+Concurrency: everything runs on the event loop. Three sources want to talk to
+the client — the reader (the ``offer``), the Sfu event callback (notifies,
+re-offers) and the ping timer — and the Sfu callback cannot await. So all
+outgoing messages go through one queue drained by a writer task, which also
+keeps them in order. Message handlers are plain synchronous methods: calls into
+the Sfu are fast and non-blocking.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket
+
+from hibiki._log import ConnectionLogger
+from hibiki.server import close_codes, messages
+from hibiki.server.channel import Member
+from hibiki.server.ids import new_connection_id
+from hibiki.server.validation import (
+    ConnectRequest,
+    SignalingError,
+    parse_message,
+    validate_candidate,
+    validate_connect,
+    validate_sdp_message,
+)
+
+if TYPE_CHECKING:
+    from hibiki._core import Event
+    from hibiki.server.hub import Hub
+
+__all__ = ["SessionState", "SignalingSession"]
+
+_logger = logging.getLogger("hibiki.server.session")
+
+# How long to wait for the client's half of the closing handshake (or for our
+# close frame to get out) before dropping the TCP connection.
+_CLOSE_WAIT_S = 5.0
+# Candidates trickled before the answer are kept until it arrives; bound them.
+_MAX_PENDING_CANDIDATES = 64
+# A client that does not read its socket makes the outbox grow; past this many
+# queued messages the session is closed.
+_MAX_OUTBOX = 4096
+
+
+class SessionState(enum.Enum):
+    """Where a signaling session is in its life."""
+
+    WS_OPEN = "WS_OPEN"
+    OFFER_SENT = "OFFER_SENT"
+    NEGOTIATED = "NEGOTIATED"
+    CONNECTED = "CONNECTED"
+    CLOSING = "CLOSING"
+
+
+@dataclass(frozen=True)
+class _CloseFrame:
+    code: int
+    reason: str
+
+
+class SignalingSession:
+    """The signaling of one client connection over one WebSocket.
+
+    Create it for an accepted ``/signaling`` socket and await :meth:`run`; it
+    returns when the socket is closed, after the connection has left its
+    channel (exactly once, whatever the way out).
+    """
+
+    def __init__(self, websocket: WebSocket, hub: Hub) -> None:
+        self.ws = websocket
+        self.hub = hub
+        self.settings = hub.settings
+        self.state = SessionState.WS_OPEN
+        self.connection_id: str | None = None
+        self.channel_id: str | None = None
+        self.log = ConnectionLogger(_logger)
+        self._loop = asyncio.get_running_loop()
+        self._outbox: asyncio.Queue[str | _CloseFrame] = asyncio.Queue()
+        self._close_frame: _CloseFrame | None = None
+        self._frames_received = 0
+        self._request: ConnectRequest | None = None
+        self._member: Member | None = None
+        self._sfu_has_connection = False
+        self._left = False
+        self._pending_candidates: list[str] = []
+        self._pending_reoffer: str | None = None
+        self._last_pong = 0.0
+        self._answer_deadline = 0.0
+        self._ping_task: asyncio.Task[None] | None = None
+        self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
+            "connect": self._on_connect,
+            "answer": self._on_answer,
+            "re-answer": self._on_reanswer,
+            "candidate": self._on_candidate,
+            "pong": self._on_pong,
+            "stats": self._on_pong,  # stats replies prove liveness too (§16.7)
+            "disconnect": self._on_disconnect,
+        }
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve the socket until it closes."""
+        client = self.ws.client
+        self.log.debug("websocket opened from %s", f"{client.host}:{client.port}" if client else "?")
+        try:
+            await self.ws.accept()
+        except Exception as exc:
+            # The client left during the handshake: nothing to clean up.
+            self.log.debug("websocket gone before accept: %r", exc)
+            return
+        writer = asyncio.create_task(self._writer(), name="signaling-writer")
+        try:
+            await self._reader()
+        except Exception:
+            # A bug in this session: keep it to this session.
+            self.log.exception("signaling session failed")
+            self.close(close_codes.INTERNAL_ERROR, "internal error")
+        finally:
+            self.state = SessionState.CLOSING
+            self._leave("websocket closed")
+            if self._ping_task is not None:
+                self._ping_task.cancel()
+            if self._close_frame is not None and not writer.done():
+                # Let the close frame out (bounded: the client may not be reading).
+                await asyncio.wait({writer}, timeout=_CLOSE_WAIT_S)
+            writer.cancel()
+
+    async def _reader(self) -> None:
+        connect_deadline = self._loop.time() + self.settings.connect_timeout
+        while True:
+            if self._close_frame is not None:
+                timeout: float | None = _CLOSE_WAIT_S
+            elif self.state is SessionState.WS_OPEN:
+                timeout = max(0.0, connect_deadline - self._loop.time())
+            elif self.state is SessionState.OFFER_SENT:
+                # A client that never answers would hold a data plane connection forever.
+                timeout = max(0.0, self._answer_deadline - self._loop.time())
+            else:
+                timeout = None
+            try:
+                async with asyncio.timeout(timeout):
+                    message = await self.ws.receive()
+            except TimeoutError:
+                if self._close_frame is not None:
+                    self.log.debug("no close handshake from the client; dropping the socket")
+                    return
+                if self.state is SessionState.WS_OPEN:
+                    self.close(close_codes.SIGNALING_ERROR, "connect timeout")
+                elif self.state is SessionState.OFFER_SENT:
+                    self.close(close_codes.SIGNALING_ERROR, "answer timeout")
+                continue
+
+            if message["type"] == "websocket.disconnect":
+                self._on_ws_disconnect(message.get("code"), message.get("reason"))
+                return
+            if self._close_frame is not None:
+                continue  # closing: late messages mean nothing
+            self._frames_received += 1
+            try:
+                self._handle_frame(message)
+            except SignalingError as exc:
+                self.close(exc.code, exc.reason)
+            except Exception:
+                self.log.exception("error handling a signaling message")
+                self.close(close_codes.INTERNAL_ERROR, "internal error")
+
+    async def _writer(self) -> None:
+        while True:
+            item = await self._outbox.get()
+            try:
+                if isinstance(item, _CloseFrame):
+                    await self.ws.close(item.code, item.reason)
+                    return
+                await self.ws.send_text(item)
+            except Exception as exc:
+                # The client is gone (or going): the reader sees the disconnect.
+                self.log.debug("send failed, client gone: %r", exc)
+                return
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        """Queue a server → client message (dropped once the session is closing)."""
+        if self._close_frame is not None:
+            return
+        if self._outbox.qsize() >= _MAX_OUTBOX:
+            self.close(close_codes.POLICY_VIOLATION, "client is not reading its messages")
+            return
+        self._outbox.put_nowait(messages.dumps(message))
+
+    def close(self, code: int, reason: str) -> None:
+        """Leave the channel and close the socket with ``code``/``reason``. Idempotent."""
+        if self._close_frame is not None:
+            return
+        # Data plane messages can span lines; a close reason is one line.
+        reason = close_codes.truncate_reason(" ".join(reason.split()))
+        if code == close_codes.NORMAL:
+            self.log.info("closing: %d %s", code, reason)
+        elif code == close_codes.INTERNAL_ERROR:
+            self.log.error("closing: %d %s", code, reason)
+        else:
+            # A client's mistake or a network failure, not a server problem.
+            self.log.info("closing: %d %s (state %s)", code, reason, self.state.value)
+        self._close_frame = _CloseFrame(code, reason)
+        self.state = SessionState.CLOSING
+        self._leave(reason)
+        self._outbox.put_nowait(self._close_frame)
+
+    def _on_ws_disconnect(self, code: int | None, reason: str | None) -> None:
+        if self._close_frame is not None:
+            return  # the end of a close we started
+        if code == 1012:
+            self.log.info("websocket closed: the server is shutting down")
+        elif self._frames_received == 0:
+            # Clients race several signaling URLs and close the losers without
+            # a word (§3.5): normal, not worth more than debug.
+            self.log.debug("websocket closed before any message (code %s)", code)
+        else:
+            self.log.info("websocket closed by the client (code %s%s)", code, f", {reason}" if reason else "")
+        self.state = SessionState.CLOSING
+        self._leave(f"websocket closed ({code})")
+
+    def _leave(self, why: str) -> None:
+        """Take the connection out of the Sfu and its channel; tell the others. Exactly once."""
+        if self._left:
+            return
+        self._left = True
+        cid = self.connection_id
+        if cid is None:
+            return
+        self.hub.bridge.unregister(cid)
+        if self._sfu_has_connection:
+            self._sfu_has_connection = False
+            if self.hub.bridge.running:
+                try:
+                    self.hub.bridge.sfu.close_connection(cid)
+                except Exception as exc:
+                    self.log.warning("close_connection failed: %s", exc)
+        left = self.hub.registry.leave(cid)
+        if left is None:
+            return
+        channel, member = left
+        if member.connected:
+            notify = messages.connection_destroyed(channel, member)
+            for other in channel.connected_members():
+                other.sink.send_message(notify)
+        self.log.info("left the channel (%s); %d connection(s) remain", why, len(channel.members))
+
+    # -- client messages ---------------------------------------------------------------
+
+    def _handle_frame(self, message: Mapping[str, Any]) -> None:
+        text = message.get("text")
+        if text is None:
+            raise SignalingError("binary frames are not supported; send JSON as text frames")
+        limit = self.settings.max_message_bytes
+        # len(text) <= bytes <= 4*len(text): encode only when it can matter.
+        if len(text) * 4 > limit:
+            size = len(text.encode("utf-8"))
+            if size > limit:
+                raise SignalingError(f"message too big ({size} bytes > {limit})", close_codes.MESSAGE_TOO_BIG)
+        msg = parse_message(text)
+        self._handlers[msg["type"]](msg)
+
+    def _unexpected(self, msg: dict[str, Any]) -> SignalingError:
+        return SignalingError(f"unexpected message {msg['type']} in state {self.state.value}")
+
+    def _on_connect(self, msg: dict[str, Any]) -> None:
+        if self.state is not SessionState.WS_OPEN:
+            raise self._unexpected(msg)
+        req = validate_connect(msg)
+        self._request = req
+        cid = new_connection_id()
+        self.connection_id = cid
+        self.channel_id = req.channel_id
+        self.log.bind(channel_id=req.channel_id, connection_id=cid)
+        self.log.info(
+            "connect: role=%s audio=%s video=%s client_id=%s client=%s",
+            req.role,
+            req.audio_codec_type if req.audio else False,
+            req.video_codec_type if req.video else False,
+            req.client_id,
+            req.sora_client,
+        )
+        if req.ignored:
+            self.log.info("not supported yet, answered as off: %s", ", ".join(req.ignored))
+
+        member = Member(
+            connection_id=cid,
+            channel_id=req.channel_id,
+            client_id=req.client_id or cid,
+            bundle_id=req.bundle_id or cid,
+            role=req.role,
+            audio=req.audio,
+            video=req.video,
+            sink=self,
+            notify_metadata=req.signaling_notify_metadata,
+        )
+        channel = self.hub.registry.join(member)
+        self._member = member
+        try:
+            created = self.hub.bridge.sfu.create_connection(
+                req.channel_id,
+                cid,
+                send_audio=req.send_audio,
+                send_video=req.send_video,
+                recv=req.recv,
+                video_codec=req.video_codec_type,
+                audio_codec=req.audio_codec_type,
+            )
+        except ValueError as exc:
+            raise SignalingError(str(exc) or "the SFU refused the connection") from None
+        self._sfu_has_connection = True
+        self.hub.bridge.register(cid, self)
+        self.send_message(
+            messages.offer(
+                request=req,
+                sdp=created.sdp,
+                connection_id=cid,
+                client_id=member.client_id,
+                bundle_id=member.bundle_id,
+                session_id=channel.session_id,
+                audio_mid=created.audio_mid,
+                video_mid=created.video_mid,
+            )
+        )
+        self.state = SessionState.OFFER_SENT
+        self._answer_deadline = self._loop.time() + self.settings.answer_timeout
+        self.log.debug("offer sent (audio mid %s, video mid %s)", created.audio_mid, created.video_mid)
+
+    def _on_answer(self, msg: dict[str, Any]) -> None:
+        if self.state is not SessionState.OFFER_SENT:
+            raise self._unexpected(msg)
+        sdp = validate_sdp_message(msg)
+        self._accept_answer(sdp)
+        self.state = SessionState.NEGOTIATED
+        self.log.debug("answer accepted")
+        pending, self._pending_candidates = self._pending_candidates, []
+        for cand in pending:
+            self._add_candidate(cand)
+        if self._pending_reoffer is not None:
+            sdp, self._pending_reoffer = self._pending_reoffer, None
+            self.log.info("re-offer sent (held back until the answer)")
+            self.send_message(messages.re_offer(sdp))
+
+    def _on_reanswer(self, msg: dict[str, Any]) -> None:
+        if self.state not in (SessionState.NEGOTIATED, SessionState.CONNECTED):
+            raise self._unexpected(msg)
+        self._accept_answer(validate_sdp_message(msg))
+        self.log.info("re-answer accepted")
+
+    def _accept_answer(self, sdp: str) -> None:
+        assert self.connection_id is not None
+        try:
+            self.hub.bridge.sfu.accept_answer(self.connection_id, sdp)
+        except ValueError as exc:
+            raise SignalingError(str(exc) or "the SFU refused the SDP") from None
+
+    def _on_candidate(self, msg: dict[str, Any]) -> None:
+        if self.state is SessionState.WS_OPEN:
+            raise self._unexpected(msg)
+        cand = validate_candidate(msg)
+        if cand is None:
+            return
+        if self.state is SessionState.OFFER_SENT:
+            # Trickled ahead of the answer: apply once the answer is in.
+            if len(self._pending_candidates) < _MAX_PENDING_CANDIDATES:
+                self._pending_candidates.append(cand)
+            return
+        self._add_candidate(cand)
+
+    def _add_candidate(self, cand: str) -> None:
+        assert self.connection_id is not None
+        try:
+            self.hub.bridge.sfu.add_remote_candidate(self.connection_id, cand)
+        except Exception as exc:
+            # A candidate we cannot use is not fatal: ICE may work with others
+            # (with ice-lite the client checks ours anyway).
+            self.log.warning("ignoring remote candidate %r: %s", cand[:100], exc)
+
+    def _on_pong(self, msg: dict[str, Any]) -> None:
+        self._last_pong = self._loop.time()
+
+    def _on_disconnect(self, msg: dict[str, Any]) -> None:
+        reason = msg.get("reason")
+        self.log.info("client disconnect%s", f" ({reason})" if isinstance(reason, str) else "")
+        self.close(close_codes.NORMAL, close_codes.TYPE_DISCONNECT)
+
+    # -- data plane events (called by SfuBridge) ---------------------------------------
+
+    def on_connected(self) -> None:
+        """ICE/DTLS are up: announce the connection to its channel, itself included."""
+        if self.state not in (SessionState.OFFER_SENT, SessionState.NEGOTIATED):
+            self.log.debug("connected event in state %s ignored", self.state.value)
+            return
+        assert self.connection_id is not None
+        marked = self.hub.registry.mark_connected(self.connection_id)
+        if marked is None:
+            return
+        channel, me = marked
+        self.state = SessionState.CONNECTED
+        self.log.info("connected; %d connection(s) in the channel", channel.counts()["channel_connections"])
+        for member in channel.connected_members():
+            member.sink.send_message(messages.connection_created(channel, me, for_self=member is me))
+        self._last_pong = self._loop.time()
+        self._ping_task = asyncio.create_task(self._pinger(), name="signaling-ping")
+
+    def on_offer(self, sdp: str) -> None:
+        """The Sfu renegotiates: forward as ``re-offer`` (held until the answer is in)."""
+        if self.state is SessionState.OFFER_SENT:
+            # The client would take a re-offer before its first answer for a
+            # second offer; the Rust side holds these back, but be sure.
+            self.log.info("re-offer held until the answer")
+            self._pending_reoffer = sdp
+        elif self.state in (SessionState.NEGOTIATED, SessionState.CONNECTED):
+            self.log.info("re-offer sent")
+            self.send_message(messages.re_offer(sdp))
+        else:
+            self.log.debug("re-offer dropped in state %s", self.state.value)
+
+    def on_closed(self, reason: str | None) -> None:
+        """The Sfu dropped the connection (ICE/DTLS failed or timed out)."""
+        self._sfu_has_connection = False  # already gone there
+        self.close(close_codes.MEDIA_CLOSED, f"media connection closed: {reason or 'unknown'}")
+
+    def on_track_published(self, event: Event) -> None:
+        """An upstream track was negotiated (informational)."""
+        self.log.info(
+            "track published: %s mid=%s%s", event.media, event.mid, f" codec={event.codec}" if event.codec else ""
+        )
+
+    def on_internal_error(self, exc: BaseException) -> None:
+        """Handling a data plane event failed (already logged): close this session only."""
+        self.close(close_codes.INTERNAL_ERROR, "internal error")
+
+    # -- keep-alive ----------------------------------------------------------------------
+
+    async def _pinger(self) -> None:
+        try:
+            while self.state is SessionState.CONNECTED:
+                await asyncio.sleep(self.settings.ping_interval)
+                if self.state is not SessionState.CONNECTED:
+                    return
+                if self._loop.time() - self._last_pong > self.settings.ping_timeout:
+                    self.close(close_codes.PING_TIMEOUT, "ping timeout")
+                    return
+                self.send_message(messages.ping())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("ping loop failed")
+            self.close(close_codes.INTERNAL_ERROR, "internal error")
