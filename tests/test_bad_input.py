@@ -484,3 +484,26 @@ def test_answer_timeout(server_factory: Callable[..., ServerProcess]) -> None:
 
     assert run(go()) == (SIGNALING_ERROR, "answer timeout")
     assert server.health()["connections"] == 0
+
+
+def test_media_that_never_comes_up_is_closed(server_factory: Callable[..., ServerProcess]) -> None:
+    """A valid answer but no ICE/DTLS (the peer vanished): closed with 4492, connection released."""
+    from hibiki._core import ClientEngine
+
+    server = server_factory("--answer-timeout", "1")
+    engine = ClientEngine()
+
+    async def go() -> tuple[int, str]:
+        ws, offer = await connect_and_get_offer(server)
+        handle, answer = engine.connect(offer["sdp"])
+        engine.close_connection(handle)  # no ICE will ever answer ours
+        await ws.send(json.dumps({"type": "answer", "sdp": answer}))
+        code, reason, _ = await expect_close(ws, timeout=10)
+        return code, reason
+
+    try:
+        code, reason = run(go())
+    finally:
+        engine.close()
+    assert code == 4492 and reason.startswith("media connection"), (code, reason)
+    assert server.health()["connections"] == 0

@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--answer-timeout",
         type=_positive_float,
         default=30.0,
-        help="seconds to wait for `answer` after the offer (default 30)",
+        help="seconds to wait for `answer` after the offer, and again for ICE/DTLS after it (default 30)",
     )
     serve.add_argument("--ping-interval", type=_positive_float, default=5.0, help="seconds between pings (default 5)")
     serve.add_argument(

@@ -25,6 +25,8 @@ Code    Reason                                      When
 4491    ``ping timeout``                            no ``pong`` for ``ping_timeout`` seconds
 4492    ``media connection closed: <why>``          the data plane closed the connection (ICE or
                                                     DTLS failed or timed out)
+4492    ``media connection timeout: ...``           ICE/DTLS not up ``answer_timeout`` s after the
+                                                    answer
 ======  ==========================================  ===============================================
 
 4490 is what Sora uses for signaling validation errors (sora-signaling.md §12.1).

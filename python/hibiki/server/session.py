@@ -100,7 +100,7 @@ class SignalingSession:
         self._pending_candidates: list[str] = []
         self._pending_reoffer: str | None = None
         self._last_pong = 0.0
-        self._answer_deadline = 0.0
+        self._setup_deadline = 0.0
         self._ping_task: asyncio.Task[None] | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "connect": self._on_connect,
@@ -148,9 +148,10 @@ class SignalingSession:
                 timeout: float | None = _CLOSE_WAIT_S
             elif self.state is SessionState.WS_OPEN:
                 timeout = max(0.0, connect_deadline - self._loop.time())
-            elif self.state is SessionState.OFFER_SENT:
-                # A client that never answers would hold a data plane connection forever.
-                timeout = max(0.0, self._answer_deadline - self._loop.time())
+            elif self.state in (SessionState.OFFER_SENT, SessionState.NEGOTIATED):
+                # A client that never answers, or whose media never comes up,
+                # would hold a data plane connection forever.
+                timeout = max(0.0, self._setup_deadline - self._loop.time())
             else:
                 timeout = None
             try:
@@ -164,6 +165,8 @@ class SignalingSession:
                     self.close(close_codes.SIGNALING_ERROR, "connect timeout")
                 elif self.state is SessionState.OFFER_SENT:
                     self.close(close_codes.SIGNALING_ERROR, "answer timeout")
+                elif self.state is SessionState.NEGOTIATED:
+                    self.close(close_codes.MEDIA_CLOSED, "media connection timeout: ICE/DTLS did not come up")
                 continue
 
             if message["type"] == "websocket.disconnect":
@@ -338,7 +341,7 @@ class SignalingSession:
             )
         )
         self.state = SessionState.OFFER_SENT
-        self._answer_deadline = self._loop.time() + self.settings.answer_timeout
+        self._setup_deadline = self._loop.time() + self.settings.answer_timeout
         self.log.debug("offer sent (audio mid %s, video mid %s)", created.audio_mid, created.video_mid)
 
     def _on_answer(self, msg: dict[str, Any]) -> None:
@@ -347,6 +350,8 @@ class SignalingSession:
         sdp = validate_sdp_message(msg)
         self._accept_answer(sdp)
         self.state = SessionState.NEGOTIATED
+        # The same allowance again for ICE and DTLS to come up.
+        self._setup_deadline = self._loop.time() + self.settings.answer_timeout
         self.log.debug("answer accepted")
         pending, self._pending_candidates = self._pending_candidates, []
         for cand in pending:

@@ -33,7 +33,8 @@ class ServerSettings:
     connect_timeout: float = 10.0
     """A socket that sends no ``connect`` within this time is closed."""
     answer_timeout: float = 30.0
-    """A connection whose client sends no ``answer`` within this time after the offer is closed."""
+    """A client that sends no ``answer`` within this time after the offer is closed (4490); so is
+    one whose media connection is not up this long after the answer (4492)."""
     log_level: str = "info"
 
     def __post_init__(self) -> None:
