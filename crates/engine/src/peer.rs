@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
-use str0m::format::Codec;
+use str0m::format::{Codec, CodecConfig};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
@@ -202,8 +202,22 @@ pub struct Peer {
 impl Peer {
     /// A new peer. `ufrag` lets the SFU choose the ICE username fragment so
     /// that it can route STUN by it.
-    pub fn new(role: Role, now: Instant, ufrag: Option<&str>) -> Peer {
+    /// `preferred_video` moves that codec to the front of the offered list
+    /// (the remote picks the first it supports) while keeping the others, so
+    /// that tracks of any codec can still be forwarded to this peer.
+    pub fn new(
+        role: Role,
+        now: Instant,
+        ufrag: Option<&str>,
+        preferred_video: Option<&str>,
+    ) -> Peer {
         let mut cfg = Rtc::builder().set_dtls_cert(shared_cert());
+        if let Some(codec) = preferred_video.and_then(codec_from_name) {
+            let mut params = cfg.codec_config().params().to_vec();
+            // Stable: keeps each codec's own order (e.g. H.264 profiles).
+            params.sort_by_key(|p| p.spec().codec != codec);
+            *cfg.codec_config() = CodecConfig::new_from_payload_params(params);
+        }
         if let Some(ufrag) = ufrag {
             cfg = cfg.set_local_ice_credentials(str0m::IceCreds {
                 ufrag: ufrag.to_string(),
@@ -298,7 +312,7 @@ impl Peer {
 
     /// Apply the remote answer to our outstanding offer.
     pub fn accept_answer(&mut self, sdp: &str) -> Result<(), String> {
-        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| format!("invalid SDP: {e}"))?;
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(sdp_error)?;
         let pending = self
             .pending
             .take()
@@ -311,7 +325,7 @@ impl Peer {
 
     /// Apply a remote offer and return our answer.
     pub fn accept_offer(&mut self, sdp: &str) -> Result<String, String> {
-        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("invalid SDP: {e}"))?;
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(sdp_error)?;
         self.pending = None;
         let answer = self
             .rtc
@@ -532,6 +546,20 @@ impl Peer {
         writer
             .request_keyframe(None, KeyframeRequestKind::Pli)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// A one-line message for an SDP that does not parse. str0m's parser error
+/// spans lines and carries internal offsets, which mean nothing to a client.
+fn sdp_error(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or("").trim();
+    if first.is_empty() || first.contains("PointerOffset") {
+        "invalid SDP: could not parse".to_string()
+    } else {
+        let mut m = format!("invalid SDP: {first}");
+        m.truncate(100);
+        m
     }
 }
 

@@ -131,10 +131,15 @@ mod tests {
     fn readable(fd: RawFd) -> bool {
         let mut poll = mio::Poll::new().unwrap();
         poll.registry()
-            .register(&mut mio::unix::SourceFd(&fd), mio::Token(0), mio::Interest::READABLE)
+            .register(
+                &mut mio::unix::SourceFd(&fd),
+                mio::Token(0),
+                mio::Interest::READABLE,
+            )
             .unwrap();
         let mut events = mio::Events::with_capacity(1);
-        poll.poll(&mut events, Some(Duration::from_millis(0))).unwrap();
+        poll.poll(&mut events, Some(Duration::from_millis(0)))
+            .unwrap();
         !events.is_empty()
     }
 
@@ -170,7 +175,10 @@ mod tests {
         let mut got = 0;
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while got < 80_000 {
-            assert!(std::time::Instant::now() < deadline, "stuck at {got} events");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "stuck at {got} events"
+            );
             // Only drain when the descriptor says so, as an event loop does.
             if readable(q.fileno()) {
                 got += q.drain(7).len();

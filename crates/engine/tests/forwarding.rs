@@ -39,6 +39,7 @@ impl Rig {
                 send_audio: send,
                 send_video: send,
                 recv,
+                video_codec: "VP8".into(),
             })
             .unwrap();
         let (h, answer) = self.client.connect(&created.sdp).unwrap();
@@ -54,7 +55,10 @@ impl Rig {
             for e in self.sfu.events().drain(256) {
                 if e.kind == EventKind::Offer {
                     let h = self.handles[&*e.connection];
-                    let answer = self.client.accept_offer(h, e.sdp.as_ref().unwrap()).unwrap();
+                    let answer = self
+                        .client
+                        .accept_offer(h, e.sdp.as_ref().unwrap())
+                        .unwrap();
                     self.sfu.accept_answer(&e.connection, &answer).unwrap();
                 }
             }
@@ -102,12 +106,20 @@ fn forwards_audio_and_video_content_intact() {
         let v = video_frame(n);
         rig.client
             .write_frame(pub_h, &vmid, "VP8", &v, n as u64 * 3000);
-        rig.client
-            .write_frame(pub_h, &amid, "OPUS", &[0x78, n as u8, 1, 2, 3], n as u64 * 960);
+        rig.client.write_frame(
+            pub_h,
+            &amid,
+            "OPUS",
+            &[0x78, n as u8, 1, 2, 3],
+            n as u64 * 960,
+        );
         n += 1;
         rig.frames_for(sub_h, "video").len() >= 30 && rig.frames_for(sub_h, "audio").len() >= 30
     });
-    assert!(ok, "subscriber did not receive 30 audio and 30 video frames");
+    assert!(
+        ok,
+        "subscriber did not receive 30 audio and 30 video frames"
+    );
 
     // Every video frame arrives whole and in order; its number increases.
     let mut last = None;
@@ -207,4 +219,34 @@ fn audio_keeps_flowing_after_senders_drop_the_mid_extension() {
         start.elapsed(),
         rig.frames_for(sub_h, "audio").len()
     );
+}
+
+#[test]
+fn offer_lists_the_requested_video_codec_first() {
+    let mut sfu = Sfu::start(LOCALHOST, 0, None, 1).unwrap();
+    for codec in ["VP8", "VP9", "AV1", "H264", "H265"] {
+        let created = sfu
+            .create_connection(ConnectionSpec {
+                channel_id: "codecs".into(),
+                connection_id: format!("C-{codec}"),
+                send_audio: false,
+                send_video: true,
+                recv: false,
+                video_codec: codec.into(),
+            })
+            .unwrap();
+        let sdp = created.sdp;
+        let mline = sdp.lines().find(|l| l.starts_with("m=video")).unwrap();
+        let first_pt = mline.split_whitespace().nth(3).unwrap();
+        let rtpmap = sdp
+            .lines()
+            .find(|l| l.starts_with(&format!("a=rtpmap:{first_pt} ")))
+            .unwrap();
+        assert!(
+            rtpmap.to_ascii_uppercase().contains(&format!(" {codec}/")),
+            "{codec}: first codec is {rtpmap}"
+        );
+        // The others are still offered so tracks of any codec can be forwarded.
+        assert!(sdp.contains("VP8/90000") && sdp.contains("H264/90000"));
+    }
 }

@@ -212,6 +212,7 @@ impl Sfu {
             send_audio,
             send_video,
             recv,
+            video_codec: video_codec.to_ascii_uppercase(),
         };
         let sfu = self.get_mut()?;
         let created = py

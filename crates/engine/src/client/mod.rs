@@ -336,7 +336,7 @@ impl Worker {
     }
 
     fn connect(&mut self, handle: u64, offer: &str) -> Result<String, String> {
-        let peer = Peer::new(Role::Client, Instant::now(), None);
+        let peer = Peer::new(Role::Client, Instant::now(), None, None);
         let mut conn = ClientConnection::new(handle, peer).map_err(|e| e.to_string())?;
         self.poll
             .registry()

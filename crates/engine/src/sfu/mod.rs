@@ -34,6 +34,8 @@ pub struct ConnectionSpec {
     pub send_audio: bool,
     pub send_video: bool,
     pub recv: bool,
+    /// The codec the client asked for (`video.codec_type`); offered first.
+    pub video_codec: String,
 }
 
 /// The result of creating a connection: the server's offer.
