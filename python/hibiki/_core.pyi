@@ -14,7 +14,7 @@ without blocking and clears the wake-up; ``wait_events(timeout)`` blocks (with
 the GIL released) for callers without a loop.
 """
 
-from typing import Literal
+from typing import Literal, Required, TypedDict
 
 EventKind = Literal[
     # both engines
@@ -29,6 +29,10 @@ EventKind = Literal[
     "frame",  # an encoded frame of a remote track
     "keyframe_request",  # the far end asks for a keyframe on our track ``mid``
     "bitrate",  # send-side bandwidth estimate changed (``bitrate`` bps)
+    # both engines: data channels (``label``)
+    "channel_open",
+    "channel_data",  # ``data`` holds the message; on the Sfu only for non-messaging labels
+    "channel_close",
 ]
 
 class Event:
@@ -54,6 +58,23 @@ class Event:
     track_id: str | None
     bitrate: int | None
     reason: str | None
+    label: str | None
+    """Data channel label (``channel_*`` events)."""
+
+class DataChannelSpec(TypedDict, total=False):
+    """A data channel the server opens on a connection (for ``Sfu.create_connection``)."""
+
+    label: Required[str]
+    ordered: bool  # default True
+    max_packet_life_time: int | None  # ms; partial reliability
+    max_retransmits: int | None
+    protocol: str
+    messaging: bool
+    """Forward messages between connections in the shard (default: label starts with '#').
+    Other labels reach the control plane as ``channel_data`` events."""
+    send: bool  # the client may send on it (default True)
+    recv: bool  # the client receives others' messages on it (default True)
+    header: bool  # prefix forwarded messages with the 26-byte sender connection_id (default False)
 
 class CreatedConnection:
     """The result of :meth:`Sfu.create_connection`."""
@@ -100,18 +121,26 @@ class Sfu:
         recv: bool,
         video_codec: str = "VP8",
         audio_codec: str = "OPUS",
+        data_channels: list[DataChannelSpec] | None = None,
     ) -> CreatedConnection:
         """Create a connection in ``channel_id`` and return the server's offer.
 
         ``send_*``: the client publishes (the offer gets recvonly upstream m-lines).
         ``recv``: the client subscribes to the channel's other tracks.
-        Raises ValueError for a duplicate id or an unknown codec.
+        ``data_channels``: opened by the server once SCTP is up (the offer
+        then has an application m-line).
+        Raises ValueError for a duplicate id, an unknown codec or a bad data channel.
         """
     def accept_answer(self, connection_id: str, sdp: str) -> None:
         """Apply the client's answer (or re-answer). Raises ValueError on a bad SDP or no pending offer."""
     def add_remote_candidate(self, connection_id: str, candidate: str) -> None: ...
     def request_keyframe(self, connection_id: str) -> None:
         """Ask a publisher for a keyframe on all its video tracks."""
+    def send_data(self, connection_id: str, label: str, data: bytes) -> bool:
+        """Send a message on an open data channel. False: the send buffer is full.
+        Raises ValueError if the channel is not open."""
+    def close_channels(self, connection_id: str) -> None:
+        """Close every data channel of a connection (SCTP stream reset)."""
     def close_connection(self, connection_id: str) -> None:
         """Remove a connection; its tracks disappear from the others (re-offer events follow)."""
     def stats(self) -> list[ShardStats]: ...
@@ -136,5 +165,10 @@ class ClientEngine:
         """Queue an encoded frame for our track ``mid``. False if not sendable yet (not connected)."""
     def request_keyframe(self, handle: str, mid: str) -> None:
         """Send a PLI for the remote track ``mid``."""
+    def send_data(self, handle: str, label: str, data: bytes) -> bool:
+        """Send on a data channel the server opened. False: the send buffer is full.
+        Raises ValueError if the channel is not open."""
+    def close_channels(self, handle: str) -> None:
+        """Close every data channel of a connection."""
     def close_connection(self, handle: str) -> None: ...
     def close(self) -> None: ...

@@ -14,6 +14,9 @@ pub enum EventKind {
     Frame,
     KeyframeRequest,
     Bitrate,
+    ChannelOpen,
+    ChannelData,
+    ChannelClose,
 }
 
 impl EventKind {
@@ -28,6 +31,9 @@ impl EventKind {
             EventKind::Frame => "frame",
             EventKind::KeyframeRequest => "keyframe_request",
             EventKind::Bitrate => "bitrate",
+            EventKind::ChannelOpen => "channel_open",
+            EventKind::ChannelData => "channel_data",
+            EventKind::ChannelClose => "channel_close",
         }
     }
 }
@@ -50,6 +56,8 @@ pub struct EngineEvent {
     pub track_id: Option<String>,
     pub bitrate: Option<u64>,
     pub reason: Option<String>,
+    /// Data channel label (`channel_*` events).
+    pub label: Option<String>,
 }
 
 impl EngineEvent {
@@ -69,6 +77,22 @@ impl EngineEvent {
             track_id: None,
             bitrate: None,
             reason: None,
+            label: None,
         }
+    }
+}
+
+impl EngineEvent {
+    /// A data channel event.
+    pub fn channel(
+        kind: EventKind,
+        connection: Arc<str>,
+        label: String,
+        data: Option<Vec<u8>>,
+    ) -> Self {
+        let mut e = EngineEvent::new(kind, connection);
+        e.label = Some(label);
+        e.data = data.map(Arc::from);
+        e
     }
 }

@@ -10,11 +10,13 @@
 //! (`handle_*`, `write_*`, `request_keyframe*`, SDP operations) drain
 //! [`Peer::poll`] until it returns [`Output::Timeout`].
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig};
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime};
@@ -67,8 +69,49 @@ pub enum OfferChange {
     },
     /// Stop (port 0) an m-line.
     Stop(Mid),
-    /// A data channel (the first one adds the application m-line).
-    AddChannel(String),
+    /// A data channel (the first one adds the application m-line). The
+    /// offerer opens it once SCTP is up.
+    AddChannel(ChannelSpec),
+}
+
+/// A data channel's label and SCTP options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSpec {
+    pub label: String,
+    pub ordered: bool,
+    /// Partial reliability: give up after this many milliseconds...
+    pub max_packet_life_time: Option<u16>,
+    /// ...or after this many retransmissions.
+    pub max_retransmits: Option<u16>,
+    pub protocol: String,
+}
+
+impl ChannelSpec {
+    /// A reliable, ordered channel.
+    pub fn reliable(label: &str) -> Self {
+        ChannelSpec {
+            label: label.to_string(),
+            ordered: true,
+            max_packet_life_time: None,
+            max_retransmits: None,
+            protocol: String::new(),
+        }
+    }
+
+    fn to_str0m(&self) -> ChannelConfig {
+        let reliability = match (self.max_packet_life_time, self.max_retransmits) {
+            (Some(ms), _) => Reliability::MaxPacketLifetime { lifetime: ms },
+            (None, Some(n)) => Reliability::MaxRetransmits { retransmits: n },
+            (None, None) => Reliability::Reliable,
+        };
+        ChannelConfig {
+            label: self.label.clone(),
+            ordered: self.ordered,
+            reliability,
+            negotiated: None,
+            protocol: self.protocol.clone(),
+        }
+    }
 }
 
 /// An RTP packet received in RTP mode, with what forwarding needs.
@@ -111,6 +154,15 @@ pub enum PeerEvent {
     KeyframeRequest(Mid),
     /// Send-side bandwidth estimate, bits per second.
     Bitrate(u64),
+    /// A data channel is open (ours or the remote's).
+    ChannelOpen(String),
+    /// A message on a data channel.
+    ChannelData {
+        label: String,
+        data: Vec<u8>,
+        binary: bool,
+    },
+    ChannelClose(String),
 }
 
 /// Output of [`Peer::poll`].
@@ -197,6 +249,9 @@ pub struct Peer {
     rtc: Rtc,
     pending: Option<SdpPendingOffer>,
     local_addr: Option<SocketAddr>,
+    /// Open data channels by id; labels are how the rest of the engine
+    /// and signaling name them.
+    channels: HashMap<ChannelId, String>,
 }
 
 impl Peer {
@@ -237,6 +292,7 @@ impl Peer {
             rtc,
             pending: None,
             local_addr: None,
+            channels: HashMap::new(),
         }
     }
 
@@ -290,8 +346,8 @@ impl Peer {
                     api.stop_media(*mid);
                     None
                 }
-                OfferChange::AddChannel(label) => {
-                    api.add_channel(label.clone());
+                OfferChange::AddChannel(spec) => {
+                    api.add_channel_with_config(spec.to_str0m());
                     None
                 }
             });
@@ -460,6 +516,16 @@ impl Peer {
                 }))
             }
             Event::KeyframeRequest(r) => Some(PeerEvent::KeyframeRequest(r.mid)),
+            Event::ChannelOpen(id, label) => {
+                self.channels.insert(id, label.clone());
+                Some(PeerEvent::ChannelOpen(label))
+            }
+            Event::ChannelData(d) => Some(PeerEvent::ChannelData {
+                label: self.channels.get(&d.id)?.clone(),
+                data: d.data,
+                binary: d.binary,
+            }),
+            Event::ChannelClose(id) => self.channels.remove(&id).map(PeerEvent::ChannelClose),
             Event::EgressBitrateEstimate(str0m::bwe::BweKind::Twcc { estimate: b, .. }) => {
                 Some(PeerEvent::Bitrate(b.as_u64()))
             }
@@ -535,6 +601,37 @@ impl Peer {
         writer
             .write(pt, wallclock, MediaTime::new(rtp_time, rate), data)
             .map_err(|e| e.to_string())
+    }
+
+    /// Send a message on the open data channel `label`. Ok(false) means
+    /// the SCTP send buffer is full (back-pressure) and nothing was sent.
+    pub fn send_channel(&mut self, label: &str, data: &[u8], binary: bool) -> Result<bool, String> {
+        let id = self
+            .channels
+            .iter()
+            .find(|(_, l)| l.as_str() == label)
+            .map(|(id, _)| *id)
+            .ok_or_else(|| format!("data channel {label:?} is not open"))?;
+        let mut ch = self
+            .rtc
+            .channel(id)
+            .ok_or_else(|| format!("data channel {label:?} is not open"))?;
+        ch.write(binary, data).map_err(|e| e.to_string())
+    }
+
+    /// Whether the data channel `label` is open.
+    pub fn has_channel(&self, label: &str) -> bool {
+        self.channels.values().any(|l| l == label)
+    }
+
+    /// Close every data channel (SCTP stream reset), as the Sora protocol
+    /// asks when a DataChannel-signaling connection ends.
+    pub fn close_channels(&mut self) {
+        let ids: Vec<ChannelId> = self.channels.keys().copied().collect();
+        let mut api = self.rtc.direct_api();
+        for id in ids {
+            api.close_data_channel(id);
+        }
     }
 
     /// Frame mode: ask the remote sender of `mid` for a keyframe.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use engine::client::ClientEngine;
 use engine::event::{EngineEvent, EventKind};
-use engine::sfu::{ConnectionSpec, Sfu};
+use engine::sfu::{ChannelSpec, ConnectionSpec, DataChannelSpec, Sfu};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -40,6 +40,7 @@ impl Rig {
                 send_video: send,
                 recv,
                 video_codec: "VP8".into(),
+                data_channels: Vec::new(),
             })
             .unwrap();
         let (h, answer) = self.client.connect(&created.sdp).unwrap();
@@ -233,6 +234,7 @@ fn offer_lists_the_requested_video_codec_first() {
                 send_video: true,
                 recv: false,
                 video_codec: codec.into(),
+                data_channels: Vec::new(),
             })
             .unwrap();
         let sdp = created.sdp;
@@ -248,5 +250,123 @@ fn offer_lists_the_requested_video_codec_first() {
         );
         // The others are still offered so tracks of any codec can be forwarded.
         assert!(sdp.contains("VP8/90000") && sdp.contains("H264/90000"));
+    }
+}
+
+#[test]
+fn messaging_channels_are_forwarded_with_header_and_direction() {
+    let mut sfu = Sfu::start(LOCALHOST, 0, None, 1).unwrap();
+    let client = ClientEngine::start().unwrap();
+    let dc = |label: &str, send: bool, recv: bool, header: bool| DataChannelSpec {
+        channel: ChannelSpec::reliable(label),
+        messaging: label.starts_with('#'),
+        send,
+        recv,
+        header,
+    };
+    let mut handles = HashMap::new();
+    // A sends on #chat; B receives with the sender header; C only sends.
+    let specs = [
+        (
+            "AAAAAAAAAAAAAAAAAAAAAAAAAA",
+            vec![
+                dc("signaling", true, true, false),
+                dc("#chat", true, true, false),
+            ],
+        ),
+        (
+            "BBBBBBBBBBBBBBBBBBBBBBBBBB",
+            vec![dc("#chat", true, true, true)],
+        ),
+        (
+            "CCCCCCCCCCCCCCCCCCCCCCCCCC",
+            vec![dc("#chat", true, false, false)],
+        ),
+    ];
+    for (id, chans) in specs {
+        let created = sfu
+            .create_connection(ConnectionSpec {
+                channel_id: "dc".into(),
+                connection_id: id.into(),
+                send_audio: false,
+                send_video: false,
+                recv: true,
+                video_codec: "VP8".into(),
+                data_channels: chans,
+            })
+            .unwrap();
+        let (h, answer) = client.connect(&created.sdp).unwrap();
+        sfu.accept_answer(id, &answer).unwrap();
+        handles.insert(id, h);
+    }
+    let a = handles["AAAAAAAAAAAAAAAAAAAAAAAAAA"];
+    let b = handles["BBBBBBBBBBBBBBBBBBBBBBBBBB"];
+    let c = handles["CCCCCCCCCCCCCCCCCCCCCCCCCC"];
+    let mut events = Vec::new();
+    let mut server_events = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    let open = |evs: &Vec<EngineEvent>, h: u64, label: &str| {
+        evs.iter().any(|e| {
+            e.kind == EventKind::ChannelOpen
+                && &*e.connection == h.to_string()
+                && e.label.as_deref() == Some(label)
+        })
+    };
+    while !(open(&events, a, "#chat")
+        && open(&events, b, "#chat")
+        && open(&events, c, "#chat")
+        && open(&events, a, "signaling"))
+    {
+        assert!(Instant::now() < end, "channels did not open");
+        events.extend(client.events().wait(Duration::from_millis(10), 256));
+        server_events.extend(sfu.events().drain(256));
+    }
+    assert!(client.send_data(c, "#chat", b"from-c").unwrap());
+    assert!(client
+        .send_data(a, "signaling", b"{\"type\":\"re-answer\"}")
+        .unwrap());
+    let got = |evs: &Vec<EngineEvent>, h: u64| -> Vec<Vec<u8>> {
+        evs.iter()
+            .filter(|e| e.kind == EventKind::ChannelData && &*e.connection == h.to_string())
+            .map(|e| e.data.as_ref().unwrap().to_vec())
+            .collect()
+    };
+    while got(&events, b).is_empty()
+        || !server_events
+            .iter()
+            .any(|e: &EngineEvent| e.kind == EventKind::ChannelData)
+    {
+        assert!(Instant::now() < end, "messages did not arrive");
+        events.extend(client.events().wait(Duration::from_millis(10), 256));
+        server_events.extend(sfu.events().drain(256));
+    }
+    // B asked for the header: 26-byte sender id, then the payload.
+    assert_eq!(
+        got(&events, b),
+        vec![b"CCCCCCCCCCCCCCCCCCCCCCCCCCfrom-c".to_vec()]
+    );
+    // A receives without header; C does not receive (send-only).
+    let deadline = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < deadline {
+        events.extend(client.events().wait(Duration::from_millis(10), 256));
+    }
+    assert_eq!(got(&events, a), vec![b"from-c".to_vec()]);
+    assert!(got(&events, c).is_empty());
+    // System labels go to the control plane instead.
+    let sys: Vec<_> = server_events
+        .iter()
+        .filter(|e| e.kind == EventKind::ChannelData)
+        .collect();
+    assert_eq!(sys.len(), 1);
+    assert_eq!(sys[0].label.as_deref(), Some("signaling"));
+    assert_eq!(&*sys[0].connection, "AAAAAAAAAAAAAAAAAAAAAAAAAA");
+    // Server -> client on a system label.
+    assert!(sfu
+        .send_data("AAAAAAAAAAAAAAAAAAAAAAAAAA", "signaling", b"hello")
+        .unwrap());
+    let end = Instant::now() + Duration::from_secs(5);
+    while !got(&events, a).iter().any(|m| m == b"hello") {
+        assert!(Instant::now() < end, "server message did not arrive");
+        events.extend(client.events().wait(Duration::from_millis(10), 256));
     }
 }

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use engine::client::ClientEngine as EngineClient;
 use engine::event::EngineEvent;
-use engine::sfu::{ConnectionSpec, Sfu as EngineSfu};
+use engine::sfu::{ChannelSpec, ConnectionSpec, DataChannelSpec, Sfu as EngineSfu};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
 /// Route the engine's `tracing` output to stderr once, filtered by
 /// `HIBIKI_LOG` (e.g. `HIBIKI_LOG=engine=debug`), default warnings only.
@@ -47,6 +47,7 @@ struct Event {
     track_id: Option<String>,
     bitrate: Option<u64>,
     reason: Option<String>,
+    label: Option<String>,
 }
 
 #[pymethods]
@@ -80,6 +81,7 @@ fn to_py_events(py: Python<'_>, events: Vec<EngineEvent>) -> PyResult<Vec<Py<Eve
                     track_id: e.track_id,
                     bitrate: e.bitrate,
                     reason: e.reason,
+                    label: e.label,
                 },
             )
         })
@@ -101,6 +103,38 @@ struct ShardStats {
     tx_packets: u64,
     forwarded_packets: u64,
     connections: u64,
+}
+
+/// A data channel description from Python: a dict with `label` and
+/// optional `ordered`, `max_packet_life_time`, `max_retransmits`,
+/// `protocol`, `messaging`, `send`, `recv`, `header`.
+fn data_channel_spec(d: &Bound<'_, PyDict>) -> PyResult<DataChannelSpec> {
+    fn get<'py, T: FromPyObjectOwned<'py>>(
+        d: &Bound<'py, PyDict>,
+        key: &str,
+    ) -> PyResult<Option<T>> {
+        match d.get_item(key)? {
+            Some(v) if !v.is_none() => Ok(Some(v.extract().map_err(|_| {
+                PyValueError::new_err(format!("data channel field {key:?} has the wrong type"))
+            })?)),
+            _ => Ok(None),
+        }
+    }
+    let label: String =
+        get(d, "label")?.ok_or_else(|| PyValueError::new_err("data channel needs a label"))?;
+    Ok(DataChannelSpec {
+        messaging: get(d, "messaging")?.unwrap_or_else(|| label.starts_with('#')),
+        send: get(d, "send")?.unwrap_or(true),
+        recv: get(d, "recv")?.unwrap_or(true),
+        header: get(d, "header")?.unwrap_or(false),
+        channel: ChannelSpec {
+            label,
+            ordered: get(d, "ordered")?.unwrap_or(true),
+            max_packet_life_time: get(d, "max_packet_life_time")?,
+            max_retransmits: get(d, "max_retransmits")?,
+            protocol: get(d, "protocol")?.unwrap_or_default(),
+        },
+    })
 }
 
 fn value_err(e: String) -> PyErr {
@@ -188,7 +222,7 @@ impl Sfu {
         to_py_events(py, events)
     }
 
-    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS"))]
+    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_connection(
         &mut self,
@@ -200,7 +234,13 @@ impl Sfu {
         recv: bool,
         video_codec: &str,
         audio_codec: &str,
+        data_channels: Option<Vec<Bound<'_, PyDict>>>,
     ) -> PyResult<CreatedConnection> {
+        let data_channels = data_channels
+            .unwrap_or_default()
+            .iter()
+            .map(data_channel_spec)
+            .collect::<PyResult<Vec<_>>>()?;
         for c in [video_codec, audio_codec] {
             if !engine::peer::is_known_codec(c) {
                 return Err(PyValueError::new_err(format!("unknown codec {c:?}")));
@@ -213,6 +253,7 @@ impl Sfu {
             send_video,
             recv,
             video_codec: video_codec.to_ascii_uppercase(),
+            data_channels,
         };
         let sfu = self.get_mut()?;
         let created = py
@@ -355,6 +396,18 @@ impl ClientEngine {
 
     fn request_keyframe(&self, handle: &str, mid: &str) -> PyResult<()> {
         self.get()?.request_keyframe(parse_handle(handle)?, mid);
+        Ok(())
+    }
+
+    fn send_data(&self, py: Python<'_>, handle: &str, label: &str, data: &[u8]) -> PyResult<bool> {
+        let h = parse_handle(handle)?;
+        let engine = self.get()?;
+        py.detach(|| engine.send_data(h, label, data))
+            .map_err(value_err)
+    }
+
+    fn close_channels(&self, handle: &str) -> PyResult<()> {
+        self.get()?.close_channels(parse_handle(handle)?);
         Ok(())
     }
 

@@ -187,6 +187,30 @@ impl ClientConnection {
                     events.send(ev);
                 }
             }
+            PeerEvent::ChannelOpen(label) => {
+                events.send(EngineEvent::channel(
+                    EventKind::ChannelOpen,
+                    name,
+                    label,
+                    None,
+                ));
+            }
+            PeerEvent::ChannelData { label, data, .. } => {
+                events.send(EngineEvent::channel(
+                    EventKind::ChannelData,
+                    name,
+                    label,
+                    Some(data),
+                ));
+            }
+            PeerEvent::ChannelClose(label) => {
+                events.send(EngineEvent::channel(
+                    EventKind::ChannelClose,
+                    name,
+                    label,
+                    None,
+                ));
+            }
             PeerEvent::Rtp(_) => {}
         }
     }

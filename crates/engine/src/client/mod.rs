@@ -41,6 +41,8 @@ enum Command {
         at: Instant,
     },
     RequestKeyframe(u64, String),
+    SendData(u64, String, Vec<u8>, Reply<bool>),
+    CloseChannels(u64),
     Close(u64),
     Stop,
 }
@@ -139,6 +141,27 @@ impl ClientEngine {
             rtp_time,
             at: Instant::now(),
         })
+    }
+
+    /// Send a message on the data channel `label` (opened by the server).
+    /// Ok(false): the send buffer is full, try again later.
+    pub fn send_data(&self, handle: u64, label: &str, data: &[u8]) -> Result<bool, String> {
+        let (tx, rx) = bounded(1);
+        if !self.commands.send(Command::SendData(
+            handle,
+            label.to_string(),
+            data.to_vec(),
+            tx,
+        )) {
+            return Err("client engine stopped".into());
+        }
+        rx.recv_timeout(REPLY_TIMEOUT)
+            .map_err(|_| "client engine did not answer".to_string())?
+    }
+
+    /// Close every data channel of a connection.
+    pub fn close_channels(&self, handle: u64) {
+        self.commands.send(Command::CloseChannels(handle));
     }
 
     pub fn request_keyframe(&self, handle: u64, mid: &str) {
@@ -318,6 +341,22 @@ impl Worker {
                     if let Err(e) = c.peer.request_keyframe_frame(mid_from_str(&mid)) {
                         debug!(handle, error = %e, "keyframe request not sent");
                     }
+                    Ok(())
+                });
+            }
+            Command::SendData(handle, label, data, reply) => {
+                let mut r = Err(format!("unknown connection {handle}"));
+                self.with_conn(handle, |c| {
+                    // The C++ Sora client sends every message as binary;
+                    // so do we.
+                    r = c.peer.send_channel(&label, &data, true);
+                    Ok(())
+                });
+                let _ = reply.send(r);
+            }
+            Command::CloseChannels(handle) => {
+                self.with_conn(handle, |c| {
+                    c.peer.close_channels();
                     Ok(())
                 });
             }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::track::TrackKey;
+use super::DataChannelSpec;
 use crate::peer::{Kind, Mid, Peer};
 use crate::rewrite::Rewriter;
 
@@ -34,6 +35,7 @@ pub struct Connection {
     pub pending_add: Vec<TrackKey>,
     /// Our m-lines to stop in the next re-offer.
     pub pending_stop: Vec<Mid>,
+    pub data_channels: Vec<DataChannelSpec>,
 }
 
 impl Connection {
@@ -49,6 +51,12 @@ impl Connection {
             .iter()
             .find(|(_, k)| *k == kind)
             .map(|(m, _)| m.to_string())
+    }
+}
+
+impl Connection {
+    pub fn data_channel(&self, label: &str) -> Option<&DataChannelSpec> {
+        self.data_channels.iter().find(|d| d.channel.label == label)
     }
 }
 

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 
+pub use crate::peer::ChannelSpec;
 use crate::queue::{event_queue, EventQueue};
 use crate::waker::CommandSender;
 
@@ -36,6 +37,24 @@ pub struct ConnectionSpec {
     pub recv: bool,
     /// The codec the client asked for (`video.codec_type`); offered first.
     pub video_codec: String,
+    /// Data channels the server opens on this connection.
+    pub data_channels: Vec<DataChannelSpec>,
+}
+
+/// A data channel of a connection and how the SFU treats its messages.
+#[derive(Debug, Clone)]
+pub struct DataChannelSpec {
+    pub channel: ChannelSpec,
+    /// Messages are forwarded by the shard to the other connections of the
+    /// channel that have the same label (Sora's `#` labels); others go to
+    /// the control plane as events.
+    pub messaging: bool,
+    /// The client may send on it (its messages are forwarded).
+    pub send: bool,
+    /// The client receives what others send on it.
+    pub recv: bool,
+    /// Prefix forwarded messages with the sender's connection id.
+    pub header: bool,
 }
 
 /// The result of creating a connection: the server's offer.
@@ -51,6 +70,8 @@ pub(crate) enum Command {
     Answer(String, String, Reply<()>),
     Candidate(String, String, Reply<()>),
     RequestKeyframe(String),
+    SendData(String, String, Vec<u8>, Reply<bool>),
+    CloseChannels(String),
     Close(String),
     Stop,
 }
@@ -168,6 +189,28 @@ impl Sfu {
         shard
             .commands
             .send(Command::RequestKeyframe(connection_id.to_string()));
+        Ok(())
+    }
+
+    /// Send a message to a client on its data channel `label`.
+    pub fn send_data(&self, connection_id: &str, label: &str, data: &[u8]) -> Result<bool, String> {
+        let shard = self.shard_of(connection_id)?;
+        Self::call(shard, |r| {
+            Command::SendData(
+                connection_id.to_string(),
+                label.to_string(),
+                data.to_vec(),
+                r,
+            )
+        })
+    }
+
+    /// Close all data channels of a connection (the media stays up).
+    pub fn close_channels(&self, connection_id: &str) -> Result<(), String> {
+        let shard = self.shard_of(connection_id)?;
+        shard
+            .commands
+            .send(Command::CloseChannels(connection_id.to_string()));
         Ok(())
     }
 

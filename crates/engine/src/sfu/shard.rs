@@ -26,7 +26,9 @@ use super::track::{Track, TrackKey};
 use super::{next_id, Command, ConnectionSpec, Created};
 use crate::demux::Demux;
 use crate::event::{EngineEvent, EventKind};
-use crate::peer::{random_token, Kind, Mid, OfferChange, Output, Peer, PeerEvent, Role};
+use crate::peer::{
+    random_token, ChannelSpec, Kind, Mid, OfferChange, Output, Peer, PeerEvent, Role,
+};
 use crate::queue::EventSender;
 use crate::timer::TimerHeap;
 use crate::waker::{command_channel, CommandSender};
@@ -391,7 +393,93 @@ impl Shard {
                 }
             }
             PeerEvent::Rtp(pkt) => self.forward(id, pkt),
+            PeerEvent::ChannelOpen(label) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    debug!(conn = %conn.name, label = %label, "data channel open");
+                    let name = conn.name.clone();
+                    self.events.send(EngineEvent::channel(
+                        EventKind::ChannelOpen,
+                        name,
+                        label,
+                        None,
+                    ));
+                }
+            }
+            PeerEvent::ChannelClose(label) => {
+                if let Some(conn) = self.conns.get(&id) {
+                    let name = conn.name.clone();
+                    self.events.send(EngineEvent::channel(
+                        EventKind::ChannelClose,
+                        name,
+                        label,
+                        None,
+                    ));
+                }
+            }
+            PeerEvent::ChannelData { label, data, .. } => {
+                let Some(conn) = self.conns.get(&id) else {
+                    return;
+                };
+                match conn.data_channel(&label) {
+                    Some(spec) if spec.messaging => {
+                        if spec.send {
+                            self.forward_message(id, &label, &data);
+                        }
+                    }
+                    _ => {
+                        let name = conn.name.clone();
+                        self.events.send(EngineEvent::channel(
+                            EventKind::ChannelData,
+                            name,
+                            label,
+                            Some(data),
+                        ));
+                    }
+                }
+            }
             PeerEvent::Frame(_) | PeerEvent::Bitrate(_) => {}
+        }
+    }
+
+    /// Forward a messaging data-channel message to every other connection
+    /// of the channel that receives on the same label.
+    fn forward_message(&mut self, from: u64, label: &str, data: &[u8]) {
+        let Some(sender) = self.conns.get(&from) else {
+            return;
+        };
+        let sender_name = sender.name.clone();
+        let targets: Vec<(u64, bool)> = self
+            .channels
+            .get(&sender.channel)
+            .into_iter()
+            .flatten()
+            .filter(|m| **m != from)
+            .filter_map(|m| {
+                let c = self.conns.get(m)?;
+                let spec = c.data_channel(label)?;
+                (spec.recv && c.peer.has_channel(label)).then_some((*m, spec.header))
+            })
+            .collect();
+        let mut with_header = Vec::new();
+        for (target, header) in targets {
+            let payload: &[u8] = if header {
+                if with_header.is_empty() {
+                    with_header.extend_from_slice(sender_name.as_bytes());
+                    with_header.extend_from_slice(data);
+                }
+                &with_header
+            } else {
+                data
+            };
+            self.with_peer(target, |peer| {
+                if let Ok(false) | Err(_) = peer.send_channel(label, payload, true) {
+                    debug!(
+                        label,
+                        "message not forwarded (buffer full or channel closed)"
+                    );
+                }
+                Ok(())
+            });
         }
     }
 
@@ -451,6 +539,28 @@ impl Shard {
                     }
                 }
             }
+            Command::SendData(name, label, data, reply) => {
+                let r = match self.by_name.get(name.as_str()).copied() {
+                    Some(id) => {
+                        let mut res = Ok(false);
+                        self.with_peer(id, |peer| {
+                            res = peer.send_channel(&label, &data, true);
+                            Ok(())
+                        });
+                        res
+                    }
+                    None => Err(format!("unknown connection {name}")),
+                };
+                let _ = reply.send(r);
+            }
+            Command::CloseChannels(name) => {
+                if let Some(id) = self.by_name.get(name.as_str()).copied() {
+                    self.with_peer(id, |peer| {
+                        peer.close_channels();
+                        Ok(())
+                    });
+                }
+            }
             Command::Close(name) => {
                 if let Some(id) = self.by_name.get(name.as_str()).copied() {
                     self.remove(id, None);
@@ -498,10 +608,13 @@ impl Shard {
                 }
             }
         }
+        for dc in &spec.data_channels {
+            changes.push(OfferChange::AddChannel(dc.channel.clone()));
+        }
         if changes.is_empty() {
             // A recvonly client in an empty channel still needs a transport
             // to be negotiated; a data channel m-line gives it one.
-            changes.push(OfferChange::AddChannel("hibiki".into()));
+            changes.push(OfferChange::AddChannel(ChannelSpec::reliable("hibiki")));
         }
         let (mids, sdp) = peer.create_offer(&changes)?;
         let sdp = sdp.ok_or("nothing to offer")?;
@@ -518,6 +631,7 @@ impl Shard {
             subscriptions: HashMap::new(),
             pending_add: Vec::new(),
             pending_stop: Vec::new(),
+            data_channels: spec.data_channels.clone(),
         };
         for (i, change) in changes.iter().enumerate().take(upstream_count) {
             if let (OfferChange::AddRecv(kind), Some(mid)) = (change, mids[i]) {
