@@ -12,6 +12,7 @@ appends the figures to BENCHMARKS.md).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import statistics
@@ -60,6 +61,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--joins", type=int, default=50)
     ap.add_argument("--write", action="store_true")
+    ap.add_argument("--no-peer", action="store_true", help="skip the sora-sdk client peer run")
     args = ap.parse_args()
 
     proc, url = start_server()
@@ -102,6 +104,23 @@ def main() -> int:
             else:
                 failures += 1
             conn.disconnect()
+        peer: list[float] = []
+        peer_failures = 0
+        if not args.no_peer:
+            # The same joins by the official sora-sdk client (libwebrtc), in
+            # its own process, against the same server and publisher.
+            out = subprocess.run(
+                [sys.executable, str(Path(__file__).with_name("sora_join_peer.py")), url, "join-bench", str(args.joins)],
+                capture_output=True,
+                text=True,
+                timeout=30 + 15 * args.joins,
+            )
+            for line in out.stdout.splitlines():
+                row = json.loads(line)
+                if row["ok"]:
+                    peer.append(row["ms"])
+                else:
+                    peer_failures += 1
     finally:
         stop.set()
         publisher.disconnect()
@@ -109,7 +128,12 @@ def main() -> int:
         proc.wait(10)
 
     p50, p95 = statistics.median(times), percentile(times, 95)
-    print(f"joins {len(times)} ok, {failures} failed; connect() -> first decoded frame: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(times):.0f} ms")
+    print(f"hibiki SDK: joins {len(times)} ok, {failures} failed; connect() -> first decoded frame: p50 {p50:.0f} ms, p95 {p95:.0f} ms, max {max(times):.0f} ms")
+    rows = [("Hibiki SDK", times, failures)]
+    if peer:
+        q50, q95 = statistics.median(peer), percentile(peer, 95)
+        print(f"sora-sdk:   joins {len(peer)} ok, {peer_failures} failed; p50 {q50:.0f} ms, p95 {q95:.0f} ms; ratio hibiki/sora p50 {p50 / q50:.2f}")
+        rows.append(("sora-sdk 2025.4.0 (peer)", peer, peer_failures))
     if args.write:
         cmd = "python benches/join_time.py " + " ".join(a for a in sys.argv[1:] if a != "--write")
         text = "\n".join(
@@ -119,12 +143,17 @@ def main() -> int:
                 "",
                 f"Command: `{cmd}`",
                 "",
-                "| joins | failed | p50 | p95 | max |",
-                "|---|---|---|---|---|",
-                f"| {len(times)} | {failures} | {p50:.0f} ms | {p95:.0f} ms | {max(times):.0f} ms |",
+                "| client | joins | failed | p50 | p95 | max |",
+                "|---|---|---|---|---|---|",
+                *[
+                    f"| {name} | {len(t)} | {f} | {statistics.median(t):.0f} ms | {percentile(t, 95):.0f} ms | {max(t):.0f} ms |"
+                    for name, t, f in rows
+                ],
                 "",
             ]
         )
+        if peer:
+            text += f"Ratio of p50 join times, Hibiki SDK / sora-sdk: {p50 / statistics.median(peer):.2f}\n"
         with open(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", "a") as fh:
             fh.write(text)
     return 0 if not failures else 1
