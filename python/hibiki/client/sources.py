@@ -60,6 +60,10 @@ class _Attachment:
     waiting_keyframe: bool = True
     """Video only: nothing may be sent before a keyframe got through."""
     refused: int = 0
+    frames_sent: int = 0
+    """Encoded frames the engine accepted for this m-line (for ``get_stats``)."""
+    bytes_sent: int = 0
+    """Payload bytes of those frames (before RTP packetization)."""
 
 
 class _SourceBase:
@@ -94,6 +98,20 @@ class _SourceBase:
     def attached(self) -> bool:
         """True while at least one connection receives this source."""
         return bool(self._attachments)
+
+    def send_counters(self) -> list[dict[str, Any]]:
+        """Per attached connection: what was sent, for ``get_stats``-style reports.
+
+        One dict per attachment with ``connection_id`` (the connection's id
+        once connected), ``mid``, ``codec``, ``frames_sent`` and ``bytes_sent``
+        (encoded payload bytes, before RTP). Counters restart when a
+        connection attaches again.
+        """
+        return [
+            {"connection_id": a.label, "mid": a.mid, "codec": a.codec,
+             "frames_sent": a.frames_sent, "bytes_sent": a.bytes_sent}
+            for a in self._targets()
+        ]
 
     # -- attachment (called by Connection) ----------------------------------------------
 
@@ -145,6 +163,9 @@ class _SourceBase:
             return False
         if not ok:
             target.refused += 1
+        else:
+            target.frames_sent += 1
+            target.bytes_sent += len(data)
         return bool(ok)
 
 
@@ -173,6 +194,10 @@ class VideoSource(_SourceBase):
         self._last_rtp = -1
         self._force_keyframe = False
         self._last_forced = 0.0
+        self.frame_width: int | None = None
+        """Width of the last picture given to :meth:`on_captured` (None before the first)."""
+        self.frame_height: int | None = None
+        """Height of the last picture given to :meth:`on_captured`."""
 
     def on_captured(self, ndarray: np.ndarray, timestamp: float | None = None) -> None:
         """Queue one picture for encoding.
@@ -192,6 +217,7 @@ class VideoSource(_SourceBase):
         if frame.shape[0] < 2 or frame.shape[1] < 2 or frame.shape[0] % 2 or frame.shape[1] % 2:
             raise ValueError(f"width and height must be even and >= 2, got {frame.shape[1]}x{frame.shape[0]}")
         self.frames_in += 1
+        self.frame_height, self.frame_width = int(frame.shape[0]), int(frame.shape[1])
         if not self._attachments or not self._enabled:
             self.frames_dropped += 1
             return

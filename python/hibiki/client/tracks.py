@@ -184,6 +184,12 @@ class MediaTrack:
         self.codec: str | None = None
         self.frames_received = 0
         """Encoded frames received from the engine."""
+        self.bytes_received = 0
+        """Payload bytes of those frames (after RTP depacketization)."""
+        self.frame_width: int | None = None
+        """Video: width of the last decoded picture (None before the first)."""
+        self.frame_height: int | None = None
+        """Video: height of the last decoded picture."""
         self.frames_decoded = 0
         self.keyframe_requests = 0
         self.first_frame_at: float | None = None
@@ -273,6 +279,7 @@ class MediaTrack:
     def _push(self, event: Event) -> None:
         """Queue an encoded frame for the decoder. Called on the SDK loop."""
         self.frames_received += 1
+        self.bytes_received += len(event.data or b"")
         with self._cond:
             if self._ended:
                 return
@@ -375,6 +382,7 @@ class MediaTrack:
 
     def _deliver_video(self, frame: VideoFrame) -> None:
         self.frames_decoded += 1
+        self.frame_width, self.frame_height = frame.width, frame.height
         if self.first_frame_at is None:
             self.first_frame_at = time.monotonic()
             logger.info("[%s] first video frame of %s (mid %s) %.0f ms after the track appeared",
