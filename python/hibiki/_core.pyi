@@ -75,6 +75,7 @@ class DataChannelSpec(TypedDict, total=False):
     send: bool  # the client may send on it (default True)
     recv: bool  # the client receives others' messages on it (default True)
     header: bool  # prefix forwarded messages with the 26-byte sender connection_id (default False)
+    compress: bool  # zlib on this label both ways; forwarding re-compresses per receiver (default False)
 
 class CreatedConnection:
     """The result of :meth:`Sfu.create_connection`."""

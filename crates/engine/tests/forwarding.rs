@@ -263,6 +263,7 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
         send,
         recv,
         header,
+        compress: false,
     };
     let mut handles = HashMap::new();
     // A sends on #chat; B receives with the sender header; C only sends.
@@ -369,4 +370,90 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
         assert!(Instant::now() < end, "server message did not arrive");
         events.extend(client.events().wait(Duration::from_millis(10), 256));
     }
+}
+
+#[test]
+fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
+    use std::io::{Read, Write};
+    let zlib = |d: &[u8]| {
+        let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(d).unwrap();
+        e.finish().unwrap()
+    };
+    let unzlib = |d: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::ZlibDecoder::new(d)
+            .read_to_end(&mut out)
+            .unwrap();
+        out
+    };
+    let mut sfu = Sfu::start(LOCALHOST, 0, None, 1).unwrap();
+    let client = ClientEngine::start().unwrap();
+    let dc = |header: bool, compress: bool| DataChannelSpec {
+        channel: ChannelSpec::reliable("#zip"),
+        messaging: true,
+        send: true,
+        recv: true,
+        header,
+        compress,
+    };
+    let ids = [
+        "SSSSSSSSSSSSSSSSSSSSSSSSSS",
+        "HHHHHHHHHHHHHHHHHHHHHHHHHH",
+        "PPPPPPPPPPPPPPPPPPPPPPPPPP",
+    ];
+    let specs = [dc(false, true), dc(true, true), dc(false, false)];
+    let mut handles = Vec::new();
+    for (id, spec) in ids.iter().zip(specs) {
+        let created = sfu
+            .create_connection(ConnectionSpec {
+                channel_id: "zip".into(),
+                connection_id: id.to_string(),
+                send_audio: false,
+                send_video: false,
+                recv: true,
+                video_codec: "VP8".into(),
+                data_channels: vec![spec],
+            })
+            .unwrap();
+        let (h, answer) = client.connect(&created.sdp).unwrap();
+        sfu.accept_answer(id, &answer).unwrap();
+        handles.push(h);
+    }
+    let mut events: Vec<EngineEvent> = Vec::new();
+    let end = Instant::now() + Duration::from_secs(10);
+    let count =
+        |evs: &Vec<EngineEvent>, kind: EventKind| evs.iter().filter(|e| e.kind == kind).count();
+    while count(&events, EventKind::ChannelOpen) < 3 {
+        assert!(Instant::now() < end, "channels did not open");
+        events.extend(client.events().wait(Duration::from_millis(10), 256));
+        sfu.events().drain(256);
+    }
+    assert!(client
+        .send_data(handles[0], "#zip", &zlib(b"hello zip"))
+        .unwrap());
+    // Garbage on a compressed label is dropped, not forwarded.
+    assert!(client.send_data(handles[0], "#zip", b"not zlib").unwrap());
+    while count(&events, EventKind::ChannelData) < 2 {
+        assert!(Instant::now() < end, "messages did not arrive");
+        events.extend(client.events().wait(Duration::from_millis(10), 256));
+    }
+    let settle = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < settle {
+        events.extend(client.events().wait(Duration::from_millis(10), 256));
+    }
+    let got = |h: u64| -> Vec<Vec<u8>> {
+        events
+            .iter()
+            .filter(|e| e.kind == EventKind::ChannelData && &*e.connection == h.to_string())
+            .map(|e| e.data.as_ref().unwrap().to_vec())
+            .collect()
+    };
+    let h = got(handles[1]);
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        unzlib(&h[0]),
+        b"SSSSSSSSSSSSSSSSSSSSSSSSSShello zip".to_vec()
+    );
+    assert_eq!(got(handles[2]), vec![b"hello zip".to_vec()]);
 }

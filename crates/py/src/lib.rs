@@ -127,6 +127,7 @@ fn data_channel_spec(d: &Bound<'_, PyDict>) -> PyResult<DataChannelSpec> {
         send: get(d, "send")?.unwrap_or(true),
         recv: get(d, "recv")?.unwrap_or(true),
         header: get(d, "header")?.unwrap_or(false),
+        compress: get(d, "compress")?.unwrap_or(false),
         channel: ChannelSpec {
             label,
             ordered: get(d, "ordered")?.unwrap_or(true),
@@ -287,6 +288,22 @@ impl Sfu {
         self.get()?
             .request_keyframe(connection_id)
             .map_err(value_err)
+    }
+
+    fn send_data(
+        &self,
+        py: Python<'_>,
+        connection_id: &str,
+        label: &str,
+        data: &[u8],
+    ) -> PyResult<bool> {
+        let sfu = self.get()?;
+        py.detach(|| sfu.send_data(connection_id, label, data))
+            .map_err(value_err)
+    }
+
+    fn close_channels(&self, connection_id: &str) -> PyResult<()> {
+        self.get()?.close_channels(connection_id).map_err(value_err)
     }
 
     fn close_connection(&mut self, connection_id: &str) -> PyResult<()> {

@@ -5,6 +5,7 @@ See :mod:`hibiki` for the overview. Modules:
 * :mod:`~hibiki.client.loop` - the SDK's loop thread and callback thread
 * :mod:`~hibiki.client.engine` - the process-wide Rust client engine and its event routing
 * :mod:`~hibiki.client.signaling` - Sora signaling over WebSocket
+* :mod:`~hibiki.client.datachannel` - the DataChannels the server opens: labels, zlib, counters
 * :mod:`~hibiki.client.connection` - :class:`Connection`, both faces
 * :mod:`~hibiki.client.sources` / :mod:`~hibiki.client.sinks` / :mod:`~hibiki.client.tracks` - media
 * :mod:`~hibiki.client.events` - enums and typed events

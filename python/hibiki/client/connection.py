@@ -22,6 +22,20 @@ Lifecycle (sora-signaling.md §3.1, §4.1)::
                         closed ◀────────── closing ◀──────────┘
 
 A connection is used once: after it closed, create a new one.
+
+DataChannel signaling (§3.2, §3.3): with ``data_channel_signaling=True`` the
+server opens ``signaling``/``notify``/``push``/``stats`` (and ``rpc``, ``#``
+labels) once DTLS is up, then sends ``switched`` on the WebSocket. From then on
+signaling has three modes, which decide how ``disconnect()`` ends (§4.1):
+
+* WebSocket only (not switched): ``disconnect`` on the WS, success = the
+  server's close frame within ``websocket_close_timeout``;
+* DataChannel + WebSocket (switched, ``ignore_disconnect_websocket`` false):
+  ``disconnect`` on the ``signaling`` DC, success = the server closes the
+  WebSocket within ``disconnect_wait_timeout``;
+* DataChannel only (switched with ``ignore_disconnect_websocket`` true: the
+  SDK closed the WebSocket itself): ``disconnect`` on the DC, success = every
+  DC closed within ``disconnect_wait_timeout``.
 """
 
 from __future__ import annotations
@@ -29,24 +43,36 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import json
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import loop as sdk_loop
+from .datachannel import (
+    MESSAGING_PREFIX,
+    SYSTEM_LABELS,
+    DataChannels,
+    normalize_data_channels,
+    sender_connection_id,
+)
 from .engine import get_engine
 from .errors import HibikiConnectionError, HibikiError
 from .events import (
     Connected,
     ConnectionEvent,
+    DataChannelOpen,
     Disconnected,
+    Message,
     Notify,
     Push,
     SignalingDirection,
     SignalingErrorCode,
     SignalingType,
+    Switched,
     TrackAdded,
     TrackRemoved,
 )
@@ -56,6 +82,8 @@ from .signaling import (
     SignalingClosed,
     SignalingOpenError,
     build_connect_message,
+    dumps,
+    parse_message,
     spawn,
 )
 from .sources import AudioSource, VideoSource, _Attachment
@@ -73,7 +101,15 @@ logger = logging.getLogger("hibiki.client")
 Role = Literal["sendrecv", "sendonly", "recvonly"]
 _ROLES = ("sendrecv", "sendonly", "recvonly")
 
+# on_disconnect texts of a successful disconnect(), one per signaling mode.
+# sora-sdk's official tests compare them verbatim (sora-signaling.md §12.2),
+# spelling ("Websocket") included.
 DISCONNECT_SUCCEEDED = "Succeeded to close WebSocket (DC signaling is not enabled)"
+DISCONNECT_SUCCEEDED_DC_AND_WS = "Succeeded to close Websocket (DC signaling is enabled)"
+DISCONNECT_SUCCEEDED_DC_ONLY = "Succeeded to close DataChannel"
+# The synthetic close codes libsora reports locally (§12.2).
+SELF_CLOSED = (1000, "SELF-CLOSED")
+DISCONNECT_WAIT_TIMEOUT = (4999, "DISCONNECT-WAIT-TIMEOUT-ERROR")
 _EVENT_QUEUE_WARN = 10_000
 
 # Connections not yet closed, so that interpreter exit can disconnect them.
@@ -149,7 +185,20 @@ class Connection:
     ``on_track(MediaTrack)``, ``on_remove_track(MediaTrack)``,
     ``on_disconnect(SignalingErrorCode, str)``,
     ``on_signaling_message(SignalingType, SignalingDirection, str)``,
-    ``on_ws_close(int, str)``.
+    ``on_ws_close(int, str)``, and for DataChannels ``on_switched(str)``,
+    ``on_data_channel(label)``, ``on_message(label, bytes)``, ``on_rpc(bytes)``.
+
+    Messaging (needs ``data_channel_signaling=True``; sora-sdk names)::
+
+        conn = sdk.create_connection(url, "sendrecv", "room", data_channel_signaling=True,
+                                     data_channels=[{"label": "#chat", "direction": "sendrecv"}])
+        conn.on_data_channel = lambda label: conn.send_data_channel(label, b"hello")
+        conn.on_message = lambda label, data: print(label, data)
+
+    asyncio face: ``await conn.wait_for_data_channel("#chat")``,
+    ``await conn.send_message("#chat", b"hi")``, and the
+    :class:`~hibiki.events.DataChannelOpen`, :class:`~hibiki.events.Message`
+    and :class:`~hibiki.events.Switched` events.
     """
 
     def __init__(
@@ -179,6 +228,10 @@ class Connection:
         connect_timeout: float | None = 30.0,
         proxy_url: str | None = None,
         user_agent: str | None = None,
+        data_channel_signaling: bool | None = None,
+        ignore_disconnect_websocket: bool | None = None,
+        data_channels: list[dict[str, Any]] | None = None,
+        disconnect_wait_timeout: float = 5.0,
     ) -> None:
         if isinstance(signaling_urls, str):
             signaling_urls = [signaling_urls]
@@ -198,6 +251,10 @@ class Connection:
             raise TypeError(f"video_source must be a VideoSource, got {type(video_source).__name__}")
         if role == "recvonly" and (audio_source is not None or video_source is not None):
             logger.warning("role is recvonly: the given audio/video source will not be sent")
+        requested_channels = normalize_data_channels(data_channels)
+        if requested_channels and not data_channel_signaling:
+            # Sora opens messaging channels only with DataChannel signaling (§7).
+            logger.warning("data_channels need data_channel_signaling=True; the server will not open them")
 
         self.signaling_urls = urls
         self.role = role
@@ -228,12 +285,16 @@ class Connection:
             video_bit_rate=video_bit_rate,
             audio_extra={"opus_params": audio_opus_params} if audio_opus_params else None,
             video_extra=video_extra or None,
+            data_channel_signaling=data_channel_signaling,
+            ignore_disconnect_websocket=ignore_disconnect_websocket,
+            data_channels=requested_channels,
         )
         self._ws_open_timeout = websocket_connection_timeout
         self._ws_close_timeout = websocket_close_timeout
         self._connect_timeout = connect_timeout
         self._proxy = proxy_url
         self._user_agent = user_agent
+        self._disconnect_wait_timeout = disconnect_wait_timeout
 
         # Callback face (sora-sdk names). Plain attributes: set them before connect().
         self.on_set_offer: Callable[[str], None] | None = None
@@ -244,6 +305,10 @@ class Connection:
         self.on_disconnect: Callable[[SignalingErrorCode, str], None] | None = None
         self.on_signaling_message: Callable[[SignalingType, SignalingDirection, str], None] | None = None
         self.on_ws_close: Callable[[int, str], None] | None = None
+        self.on_switched: Callable[[str], None] | None = None
+        self.on_data_channel: Callable[[str], None] | None = None
+        self.on_message: Callable[[str, bytes], None] | None = None
+        self.on_rpc: Callable[[bytes], None] | None = None
 
         self._state: Literal["new", "connecting", "connected", "closing", "closed"] = "new"
         self._lock = threading.Lock()
@@ -264,6 +329,13 @@ class Connection:
         self._subscribers: list[_Subscriber] = []
         self._primary: _Subscriber | None = None
         self._phase = "starting"
+        # DataChannel signaling (§3.2, §3.3). ``_ws_connected`` goes False when
+        # we close the WebSocket ourselves after switched (ignore_disconnect_websocket).
+        self._dc = DataChannels(f"{channel_id}/{role}")
+        self._switched_message: dict[str, Any] | None = None
+        self._ws_connected = False
+        self._ws_close_reported = False
+        self._channels_closed_waiters: list[asyncio.Future[None]] = []
 
         self.signaling_url: str | None = None
         """The URL whose WebSocket won the race (after connect)."""
@@ -275,6 +347,8 @@ class Connection:
         self.disconnect_reason: str | None = None
         self.ws_close_code: int | None = None
         self.ws_close_reason: str | None = None
+        self.close_message: dict[str, Any] | None = None
+        """The server's ``{"type": "close"}`` message on the ``signaling`` DataChannel, if one came (§5.12)."""
 
     # -- properties ---------------------------------------------------------------------
 
@@ -314,6 +388,26 @@ class Connection:
     def offer(self) -> dict[str, Any] | None:
         """The server's ``offer`` message, once received."""
         return self._offer
+
+    @property
+    def switched(self) -> bool:
+        """True once the server switched signaling to DataChannels (``switched``, §5.10)."""
+        return self._switched_message is not None
+
+    @property
+    def websocket_connected(self) -> bool:
+        """True while the signaling WebSocket is open (False after the self-close of §3.3)."""
+        return self._ws_connected
+
+    @property
+    def data_channel_labels(self) -> list[str]:
+        """The labels of the offer's ``data_channels`` (the channels the server opens)."""
+        return list(self._dc.labels)
+
+    @property
+    def open_data_channels(self) -> frozenset[str]:
+        """The labels of the data channels open right now."""
+        return frozenset(self._dc.open)
 
     def __repr__(self) -> str:
         return (f"Connection({self.channel_id!r}, {self.role}, id={self._connection_id}, "
@@ -418,6 +512,7 @@ class Connection:
         except SignalingOpenError as exc:
             raise HibikiConnectionError(SignalingErrorCode.WEBSOCKET_HANDSHAKE_FAILED, str(exc)) from None
         self.signaling_url = self._sig.url
+        self._ws_connected = True
         self._log(logging.DEBUG, "signaling open at %s", self._sig.url)
 
         self._phase = "waiting for the offer"
@@ -432,6 +527,9 @@ class Connection:
                 SignalingErrorCode.INVALID_PARAMETER, "the server's offer lacks a string sdp or connection_id"
             )
         self._offer, self._offer_sdp, self._connection_id = offer, sdp, connection_id
+        self._dc.set_tag(connection_id)
+        # Which labels exist and which are compressed comes from the offer only (§5.3, §6.4).
+        self._dc.load_offer(offer.get("data_channels"))
         mids = offer.get("mid")
         self._mids = {k: v for k, v in mids.items() if isinstance(v, str)} if isinstance(mids, dict) else {}
         self._hub = get_engine()
@@ -443,7 +541,8 @@ class Connection:
             ) from None
         self._handle = handle
         self._hub.register(handle, self._on_engine_event)
-        self._log(logging.INFO, "offer applied (channel %s, %s, mids %s)", self.channel_id, self.role, self._mids)
+        self._log(logging.INFO, "offer applied (channel %s, %s, mids %s, data channels %s)",
+                  self.channel_id, self.role, self._mids, self.data_channel_labels or "none")
         sdk_loop.dispatch_callback(self.on_set_offer, offer_text, what="on_set_offer")
         await self._send({"type": "answer", "sdp": answer})
         self._reader = spawn(self._read_loop())
@@ -500,16 +599,39 @@ class Connection:
 
     # -- signaling I/O ---------------------------------------------------------------------
 
-    def _report(self, direction: SignalingDirection, text: str) -> None:
-        sdk_loop.dispatch_callback(
-            self.on_signaling_message, SignalingType.WEBSOCKET, direction, text, what="on_signaling_message"
-        )
+    def _report(self, direction: SignalingDirection, text: str,
+                path: SignalingType = SignalingType.WEBSOCKET) -> None:
+        sdk_loop.dispatch_callback(self.on_signaling_message, path, direction, text, what="on_signaling_message")
 
     async def _send(self, message: dict[str, Any], report: bool = True) -> None:
+        """Send ``message`` on the WebSocket."""
         assert self._sig is not None
         text = await self._sig.send(message)
         if report:
             self._report(SignalingDirection.SENT, text)
+
+    def _send_dc(self, label: str, message: dict[str, Any], report: bool = False) -> bool:
+        """Send a JSON signaling message on DataChannel ``label`` (SDK loop). False if it could not go.
+
+        Compressed when the offer says so; always binary, like libsora (§6.3).
+        ``report`` passes it to ``on_signaling_message`` as a DataChannel message.
+        """
+        text = dumps(message)
+        if self._try_send(label, text.encode()) != "sent":
+            self._log(logging.WARNING, "could not send %r on DataChannel %r", message.get("type"), label)
+            return False
+        if report:
+            self._report(SignalingDirection.SENT, text, SignalingType.DATACHANNEL)
+        return True
+
+    async def _send_signaling(self, message: dict[str, Any]) -> None:
+        """Send a re-answer: on the ``signaling`` DC once switched and open, else on the WebSocket (§5.6)."""
+        if self.switched and self._dc.is_open("signaling") and self._send_dc("signaling", message, report=True):
+            return
+        if self._ws_connected:
+            await self._send(message)
+        else:
+            self._log(logging.WARNING, "no signaling path left to send %r", message.get("type"))
 
     async def _read_loop(self) -> None:
         assert self._sig is not None
@@ -520,6 +642,8 @@ class Connection:
         except SignalingClosed as closed:
             if self._state in ("closing", "closed"):
                 return  # our own disconnect is waiting for this close
+            if self.switched and not self._ws_connected:
+                return  # we closed it ourselves after switched (§3.3): the DataChannels carry on
             self._note_ws_close(closed)
             if not closed.clean:
                 code, reason = (SignalingErrorCode.WEBSOCKET_ONERROR,
@@ -529,8 +653,16 @@ class Connection:
             else:
                 code, reason = (SignalingErrorCode.WEBSOCKET_ONCLOSE,
                                 f"the server closed the signaling WebSocket: {closed.code} {closed.reason}".rstrip())
+            self._ws_connected = False
             self._log(logging.INFO, "%s", reason)
-            await self._close(code, reason, polite=False)
+            if self.switched and code != SignalingErrorCode.CLOSE_SUCCEEDED:
+                # DataChannel + WebSocket mode: like libsora, tell the server over
+                # the DataChannel why we leave and give it time to close the channels.
+                why = "WEBSOCKET-ONCLOSE" if closed.clean else "WEBSOCKET-ONERROR"
+                self._send_dc("signaling", {"type": "disconnect", "reason": why}, report=True)
+                await self._close(code, reason, polite=False, wait_channels=True)
+            else:
+                await self._close(code, reason, polite=False)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -538,33 +670,88 @@ class Connection:
             await self._close(SignalingErrorCode.INTERNAL_ERROR, f"signaling failed: {exc!r}", polite=False)
 
     async def _on_message(self, text: str, msg: dict[str, Any]) -> None:
+        """A message on the WebSocket."""
         kind = msg["type"]
         if kind == "ping":
-            pong: dict[str, Any] = {"type": "pong"}
-            if msg.get("stats") is True:
-                pong["stats"] = []  # no RTCStats report yet
-            await self._send(pong, report=False)
+            await self._on_ping(msg)
         elif kind == "re-offer":
             self._report(SignalingDirection.RECEIVED, text)
             await self._on_reoffer(msg)
         elif kind == "notify":
-            if msg.get("event_type") == "connection.created" and msg.get("connection_id") == self._connection_id:
-                self.self_notified = True
-            sdk_loop.dispatch_callback(self.on_notify, text, what="on_notify")
-            self._emit(Notify(msg))
+            self._on_notify(text, msg)
         elif kind == "push":
-            sdk_loop.dispatch_callback(self.on_push, text, what="on_push")
-            self._emit(Push(msg.get("data"), msg))
+            self._on_push(text, msg)
+        elif kind == "switched":
+            self._on_switched(text, msg)
         elif kind in ("redirect", "offer"):
             self._report(SignalingDirection.RECEIVED, text)
             self._log(logging.WARNING, "ignoring an unexpected %r after the offer", kind)
         else:
             self._log(logging.DEBUG, "ignoring signaling message %r", kind)
 
+    async def _on_ping(self, msg: dict[str, Any]) -> None:
+        # libsora answers a stats ping on the stats DataChannel once switched (§5.9).
+        if msg.get("stats") is True and self.switched and self._dc.is_open("stats") and \
+                self._send_dc("stats", {"type": "stats", "reports": self._stats_reports()}):
+            return
+        pong: dict[str, Any] = {"type": "pong"}
+        if msg.get("stats") is True:
+            pong["stats"] = self._stats_reports()
+        await self._send(pong, report=False)
+
+    def _on_notify(self, text: str, msg: dict[str, Any]) -> None:
+        if msg.get("event_type") == "connection.created" and msg.get("connection_id") == self._connection_id:
+            self.self_notified = True
+        sdk_loop.dispatch_callback(self.on_notify, text, what="on_notify")
+        self._emit(Notify(msg))
+
+    def _on_push(self, text: str, msg: dict[str, Any]) -> None:
+        sdk_loop.dispatch_callback(self.on_push, text, what="on_push")
+        self._emit(Push(msg.get("data"), msg))
+
+    def _on_switched(self, text: str, msg: dict[str, Any]) -> None:
+        """``switched``: signaling moves to DataChannels (§3.2); with ignore_disconnect_websocket, drop the WS (§3.3)."""
+        if self.switched:
+            self._log(logging.WARNING, "ignoring a second switched")
+            return
+        self._switched_message = msg
+        ignore_ws = msg.get("ignore_disconnect_websocket") is True
+        self._log(logging.INFO, "switched to DataChannel signaling (ignore_disconnect_websocket=%s, open: %s)",
+                  ignore_ws, sorted(self._dc.open))
+        if not self._dc.is_open("signaling"):
+            self._log(logging.WARNING, "switched while the signaling DataChannel is not open; "
+                      "re-answers go over the WebSocket until it opens")
+        sdk_loop.dispatch_callback(self.on_switched, text, what="on_switched")
+        self._emit(Switched(ignore_ws, msg))
+        if ignore_ws and self._ws_connected:
+            # Marked before closing so that the reader takes the close for ours.
+            self._ws_connected = False
+            spawn(self._self_close_websocket())
+
+    async def _self_close_websocket(self) -> None:
+        """Close the WebSocket after ``switched`` with ignore_disconnect_websocket (§3.3).
+
+        libsora drops the TCP connection; a normal close frame is kinder to the
+        server and allowed by the protocol (the JS SDK sends one). Reported as
+        ``on_ws_close(1000, "SELF-CLOSED")`` either way.
+        """
+        sig = self._sig
+        if sig is None:
+            return
+        await sig.close(timeout=self._ws_close_timeout)
+        if self._ws_close_reported:
+            return
+        self.ws_close_code, self.ws_close_reason = SELF_CLOSED
+        self._ws_close_reported = True
+        self._log(logging.INFO, "closed the signaling WebSocket after switched (SELF-CLOSED)")
+        sdk_loop.dispatch_callback(self.on_ws_close, *SELF_CLOSED, what="on_ws_close")
+
     async def _on_reoffer(self, msg: dict[str, Any]) -> None:
         sdp = msg.get("sdp")
         if not isinstance(sdp, str) or self._hub is None or self._handle is None:
             self._log(logging.WARNING, "ignoring a re-offer without sdp")
+            return
+        if self._state not in ("connecting", "connected"):
             return
         try:
             answer = self._hub.engine.accept_offer(self._handle, sdp)
@@ -574,7 +761,209 @@ class Connection:
                               polite=True))
             return
         self._offer_sdp = sdp
-        await self._send({"type": "re-answer", "sdp": answer})
+        await self._send_signaling({"type": "re-answer", "sdp": answer})
+
+    # -- data channels (SDK loop) ------------------------------------------------------------
+
+    def _on_channel_open(self, label: str) -> None:
+        info = self._dc.on_open(label)
+        if info is None:
+            # libsora ignores channels the offer does not list (§5.3).
+            self._log(logging.WARNING, "DataChannel %r opened but the offer does not list it", label)
+            return
+        self._log(logging.DEBUG, "DataChannel %r open%s", label, " (zlib)" if info.compress else "")
+        if label.startswith(MESSAGING_PREFIX) and not info.notified:
+            # sora-sdk fires on_data_channel once per listed '#' label (libsora's OnStateChange).
+            info.notified = True
+            sdk_loop.dispatch_callback(self.on_data_channel, label, what="on_data_channel")
+        if label.startswith(MESSAGING_PREFIX) or label == "rpc":
+            self._emit(DataChannelOpen(label))
+
+    def _on_channel_close(self, label: str) -> None:
+        self._dc.on_close(label)
+        self._log(logging.DEBUG, "DataChannel %r closed (%d still open)", label, len(self._dc.open))
+        if self._dc.open:
+            return
+        waiters, self._channels_closed_waiters = self._channels_closed_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        if self._state == "connected" and self.switched and not self._ws_connected:
+            # DataChannel-only and no channel left: nothing can reach us any more.
+            # A server close comes with a close message first; this one did not.
+            reason = "the server closed every DataChannel without a close message"
+            self._log(logging.WARNING, "%s", reason)
+            spawn(self._close(SignalingErrorCode.CLOSE_SUCCEEDED, reason, polite=False))
+
+    async def _wait_channels_closed(self, timeout: float) -> bool:
+        """Wait until no data channel is open; False after ``timeout`` seconds."""
+        if not self._dc.open:
+            return True
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._channels_closed_waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            return False
+        return True
+
+    def _on_channel_data(self, label: str, raw: bytes) -> None:
+        self._dc.count_received(label, len(raw))
+        if label not in SYSTEM_LABELS and not label.startswith(MESSAGING_PREFIX):
+            # libsora ignores every other label (e2ee, anything new) (§6.2).
+            self._log(logging.DEBUG, "ignoring a message on DataChannel %r", label)
+            return
+        data = self._dc.decode(label, raw)
+        if data is None:
+            return  # not zlib on a compressed label: logged, dropped
+        if label.startswith(MESSAGING_PREFIX):
+            sdk_loop.dispatch_callback(self.on_message, label, data, what="on_message")
+            self._emit(Message(label, data, sender_connection_id(self._dc.labels.get(label), data)))
+            return
+        if label == "rpc":
+            sdk_loop.dispatch_callback(self.on_rpc, data, what="on_rpc")
+            self._emit(Message(label, data))
+            return
+        text = data.decode("utf-8", "replace")
+        msg = parse_message(text, f"DataChannel {label!r}")
+        if label == "signaling":
+            # sora-sdk reports everything received on the signaling channel (§15b).
+            self._report(SignalingDirection.RECEIVED, text, SignalingType.DATACHANNEL)
+        if msg is None:
+            return
+        kind = msg["type"]
+        if label == "signaling":
+            if kind == "re-offer":
+                spawn(self._on_reoffer(msg))
+            elif kind == "close":
+                self._on_server_close(msg)
+            else:
+                self._log(logging.DEBUG, "ignoring %r on the signaling DataChannel", kind)
+        elif label == "notify" and kind == "notify":
+            self._on_notify(text, msg)
+        elif label == "push" and kind == "push":
+            self._on_push(text, msg)
+        elif label == "stats" and kind == "req-stats":
+            self._send_dc("stats", {"type": "stats", "reports": self._stats_reports()})
+        else:
+            self._log(logging.DEBUG, "ignoring %r on DataChannel %r", kind, label)
+
+    def _on_server_close(self, msg: dict[str, Any]) -> None:
+        """``{"type":"close"}`` on ``signaling`` (§5.12): the server ends us and closes every DC."""
+        self.close_message = msg
+        code, reason = msg.get("code"), msg.get("reason")
+        detail = str(reason) if code == 1000 else f"{code} {reason}"
+        self._log(logging.INFO, "the server closes the connection over DataChannel: %s", detail)
+        # libsora reports success whatever the code, once the channels are closed.
+        spawn(self._close(SignalingErrorCode.CLOSE_SUCCEEDED, f"the server closed the connection: {detail}",
+                          polite=False, wait_channels=True))
+
+    def _try_send(self, label: str, payload: bytes) -> Literal["sent", "full", "closed"]:
+        """Send ``payload`` (compressed here when the label is) on an open channel; any thread."""
+        hub, handle = self._hub, self._handle
+        if hub is None or handle is None or not self._dc.is_open(label) or self._state == "closed":
+            return "closed"
+        wire = self._dc.encode(label, payload)
+        try:
+            sent = hub.engine.send_data(handle, label, wire)
+        except ValueError:  # closed in the meantime
+            return "closed"
+        except Exception as exc:
+            self._log(logging.WARNING, "send on DataChannel %r failed: %s", label, exc)
+            return "closed"
+        if not sent:
+            return "full"
+        self._dc.count_sent(label, len(wire))
+        return "sent"
+
+    def send_data_channel(self, label: str, data: bytes) -> bool:
+        """Send ``data`` on the data channel ``label`` (sora-sdk's name). Any thread.
+
+        Compressed with zlib when the offer marks the label ``compress``. Returns
+        False when the channel is not open (yet, or any more) or its send
+        buffer is full; the message is then not sent.
+
+        >>> conn.send_data_channel("#chat", b"hello")
+        True
+        """
+        if isinstance(data, str):
+            raise TypeError("send_data_channel takes bytes; encode the string first")
+        if self._state != "connected":
+            return False
+        return self._try_send(label, bytes(data)) == "sent"
+
+    async def send_message(self, label: str, data: bytes, *, timeout: float | None = 10.0) -> None:
+        """Send ``data`` on ``label``, waiting while the channel's send buffer is full (asyncio face).
+
+        Raises :class:`hibiki.HibikiError` when the channel is not open or the
+        connection is not connected, and :class:`TimeoutError` when the buffer
+        stays full for ``timeout`` seconds.
+        """
+        if isinstance(data, str):
+            raise TypeError("send_message takes bytes; encode the string first")
+        payload = bytes(data)
+        delay = 0.002
+        async with asyncio.timeout(timeout):
+            while True:
+                if self._state != "connected":
+                    raise HibikiError(f"cannot send on {label!r}: the connection is {self._state}")
+                result = self._try_send(label, payload)
+                if result == "sent":
+                    return
+                if result == "closed":
+                    raise HibikiError(f"data channel {label!r} is not open")
+                await asyncio.sleep(delay)  # back-pressure: let SCTP drain
+                delay = min(delay * 2, 0.05)
+
+    async def wait_for_data_channel(self, label: str, timeout: float | None = None) -> None:
+        """Await until the ``#`` (or ``rpc``) data channel ``label`` is open.
+
+        >>> await conn.wait_for_data_channel("#chat", timeout=5)
+        """
+        loop = asyncio.get_running_loop()
+        sub = await asyncio.wrap_future(sdk_loop.run_coroutine(self._subscribe_from(loop, True)))
+        try:
+            async with asyncio.timeout(timeout):
+                while True:
+                    event = await sub.queue.get()
+                    if isinstance(event, DataChannelOpen) and event.label == label and self._dc.is_open(label):
+                        return
+                    if isinstance(event, Disconnected):
+                        raise HibikiConnectionError(event.code, f"connection closed: {event.reason}")
+        finally:
+            sdk_loop.call_soon(self._unsubscribe, sub)
+
+    # -- stats ----------------------------------------------------------------------------------
+
+    def _stats_reports(self) -> list[dict[str, Any]]:
+        """What the SDK knows, as W3C-style stats dicts (for ``stats``/``pong`` and ``get_stats``)."""
+        now = time.time() * 1000.0
+        reports = self._dc.stats_reports(now)
+        if self.send_bitrate is not None:
+            reports.append({"id": "CP", "type": "candidate-pair", "timestamp": now,
+                            "state": "succeeded", "availableOutgoingBitrate": self.send_bitrate})
+        for track in list(self._tracks.values()):
+            reports.append({
+                "id": f"IT{track.mid}",
+                "type": "inbound-rtp",
+                "timestamp": now,
+                "kind": track.kind,
+                "mid": track.mid,
+                "trackIdentifier": track.id,
+                "framesReceived": track.frames_received,
+                "framesDecoded": track.frames_decoded,
+                "keyFramesRequested": track.keyframe_requests,
+            })
+        return reports
+
+    def get_stats(self) -> str:
+        """The connection's statistics as a JSON array of W3C-style stats objects (sora-sdk's shape).
+
+        Hibiki reports what its own data plane counts: data channels,
+        received tracks and the send bandwidth estimate.
+        """
+        return json.dumps(self._stats_reports())
 
     # -- engine events (SDK loop) -----------------------------------------------------------
 
@@ -595,6 +984,12 @@ class Connection:
             self._on_connected()
         elif kind == "bitrate":
             self.send_bitrate = event.bitrate
+        elif kind == "channel_data":
+            self._on_channel_data(event.label or "", event.data or b"")
+        elif kind == "channel_open":
+            self._on_channel_open(event.label or "")
+        elif kind == "channel_close":
+            self._on_channel_close(event.label or "")
         elif kind == "closed":
             if self._state in ("connecting", "connected"):
                 reason = f"the media connection closed: {event.reason or 'unknown reason'}"
@@ -681,11 +1076,23 @@ class Connection:
     def disconnect(self) -> Awaitable[None]:
         """Leave the channel and release everything. Idempotent.
 
-        Sends ``disconnect``, waits (at most ``websocket_close_timeout``, 3 s)
-        for the server to close the WebSocket, then closes the media
-        connection. Blocks in a plain thread; in a coroutine returns an
-        awaitable (``await conn.disconnect()``). ``on_disconnect`` is called
-        with ``CLOSE_SUCCEEDED`` on a clean close.
+        Sends ``disconnect`` and waits for the server to acknowledge it the way
+        the current signaling mode asks (sora-signaling.md §4.1), then closes
+        the media connection:
+
+        * WebSocket only: ``disconnect`` on the WebSocket; the server closes it
+          (at most ``websocket_close_timeout``, 3 s);
+        * DataChannel + WebSocket: ``disconnect`` on the ``signaling``
+          DataChannel; the server closes the WebSocket (at most
+          ``disconnect_wait_timeout``, 5 s);
+        * DataChannel only: ``disconnect`` on the ``signaling`` DataChannel;
+          the server closes every DataChannel (at most ``disconnect_wait_timeout``).
+
+        ``on_disconnect`` gets ``CLOSE_SUCCEEDED`` with sora-sdk's text for the
+        mode, or ``CLOSE_FAILED`` when the server did not answer in time
+        (``on_ws_close(4999, "DISCONNECT-WAIT-TIMEOUT-ERROR")`` while a
+        WebSocket was involved). Blocks in a plain thread; in a coroutine
+        returns an awaitable (``await conn.disconnect()``).
         """
         return _wait(self._start_disconnect(), "disconnect()")
 
@@ -710,8 +1117,19 @@ class Connection:
             if task is not None and not task.done():
                 task.cancel()
         elif self._state == "connected":
-            await self._close(SignalingErrorCode.CLOSE_SUCCEEDED, DISCONNECT_SUCCEEDED, polite=True)
+            success = {
+                "ws": DISCONNECT_SUCCEEDED,
+                "dc+ws": DISCONNECT_SUCCEEDED_DC_AND_WS,
+                "dc": DISCONNECT_SUCCEEDED_DC_ONLY,
+            }[self._signaling_mode()]
+            await self._close(SignalingErrorCode.CLOSE_SUCCEEDED, success, polite=True)
         await asyncio.wrap_future(self._closed_future)
+
+    def _signaling_mode(self) -> Literal["ws", "dc+ws", "dc"]:
+        """Which of libsora's three disconnect paths applies now (§4.1)."""
+        if not self.switched:
+            return "ws"
+        return "dc+ws" if self._ws_connected else "dc"
 
     def wait_closed(self, timeout: float | None = None) -> bool:
         """Block until the connection is closed (by anyone). Returns False on timeout."""
@@ -721,22 +1139,35 @@ class Connection:
             return False
         return True
 
-    async def _close(self, code: SignalingErrorCode, reason: str, *, polite: bool) -> None:
-        """Tear everything down once, whoever asks first; later callers wait for the end."""
+    async def _close(self, code: SignalingErrorCode, reason: str, *, polite: bool,
+                     wait_channels: bool = False) -> None:
+        """Tear everything down once, whoever asks first; later callers wait for the end.
+
+        ``polite``: say goodbye to the server first (``disconnect``).
+        ``wait_channels``: the server is closing the DataChannels (after its
+        ``close`` message, or after our DataChannel ``disconnect``): give it
+        ``disconnect_wait_timeout`` to finish, as libsora waits for them.
+        """
         if self._state in ("closing", "closed"):
             await asyncio.wrap_future(self._closed_future)
             return
         self._state = "closing"
         sig = self._sig
+        if polite and sig is not None:
+            code, reason = await self._say_goodbye(sig, code, reason)
+        elif wait_channels:
+            await self._wait_server_close(sig)
         if sig is not None:
-            if polite:
-                code, reason = await self._say_goodbye(sig, code, reason)
-            if self.ws_close_code == 4999:
+            closed = sig.closed_info()
+            if closed is not None and self._ws_connected and self.ws_close_code is None:
+                self._note_ws_close(closed)  # the server closed it while we waited
+            if self.ws_close_code == DISCONNECT_WAIT_TIMEOUT[0]:
                 sig.abort()  # the server ignored us; do not wait another close timeout
-            else:
+            elif closed is None:
                 # After a failure the server may be unresponsive: do not let
                 # closing add seconds to the error the user is waiting for.
                 await sig.close(timeout=self._ws_close_timeout if polite else 1.0)
+            self._ws_connected = False
         reader = self._reader
         if reader is not None and reader is not asyncio.current_task():
             reader.cancel()
@@ -749,6 +1180,11 @@ class Connection:
             for source in (self.audio_source, self.video_source):
                 if source is not None:
                     source._detach(self._handle)
+        self._dc.open.clear()  # the engine connection (and with it every channel) is gone
+        for channels_waiter in self._channels_closed_waiters:
+            if not channels_waiter.done():
+                channels_waiter.set_result(None)
+        self._channels_closed_waiters.clear()
         tracks = list(self._tracks.values())
         self._tracks.clear()
         for track in tracks:
@@ -761,7 +1197,8 @@ class Connection:
         if waiter is not None and not waiter.done():
             waiter.set_exception(self._failure())
             waiter.exception()  # retrieved here: connect() raises its own copy
-        if self.ws_close_code is not None:
+        if self.ws_close_code is not None and not self._ws_close_reported:
+            self._ws_close_reported = True
             sdk_loop.dispatch_callback(self.on_ws_close, self.ws_close_code, self.ws_close_reason or "",
                                        what="on_ws_close")
         sdk_loop.dispatch_callback(self.on_disconnect, code, reason, what="on_disconnect")
@@ -770,29 +1207,99 @@ class Connection:
         if not self._closed_future.done():
             self._closed_future.set_result(None)
 
+    async def _wait_server_close(self, sig: SignalingChannel | None) -> None:
+        """The server is closing us: give it ``disconnect_wait_timeout`` to finish.
+
+        DataChannel only: until every DataChannel is closed (libsora waits for
+        them). DataChannel + WebSocket: until the server's WebSocket close,
+        which ends that mode (and lets ``on_ws_close`` show its reason), or
+        until the channels closed and then the WebSocket too.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._disconnect_wait_timeout
+        hybrid = sig is not None and self._ws_connected
+        if hybrid and sig is not None and sig.closed_info() is not None:
+            return  # the server already closed the WebSocket (our reader has not seen it yet)
+        channels = asyncio.ensure_future(self._wait_channels_closed(self._disconnect_wait_timeout))
+        waits: set[asyncio.Future[Any]] = {channels}
+        if hybrid:
+            assert sig is not None
+            waits.add(asyncio.ensure_future(sig.ws.wait_closed()))
+        try:
+            await asyncio.wait(waits, timeout=self._disconnect_wait_timeout, return_when=asyncio.FIRST_COMPLETED)
+            if hybrid:
+                assert sig is not None
+                ws_wait = next(w for w in waits if w is not channels)
+                if not ws_wait.done():
+                    await asyncio.wait({ws_wait}, timeout=max(0.0, deadline - loop.time()))
+                if sig.closed_info() is None:
+                    self._log(logging.DEBUG, "the server left the WebSocket open; closing it")
+            elif not (channels.done() and channels.result()):
+                self._log(logging.WARNING, "DataChannels %s still open %g s after the close; closing anyway",
+                          sorted(self._dc.open), self._disconnect_wait_timeout)
+        finally:
+            for w in waits:
+                w.cancel()
+
     async def _say_goodbye(self, sig: SignalingChannel, code: SignalingErrorCode,
                            reason: str) -> tuple[SignalingErrorCode, str]:
-        """Send ``disconnect`` and wait for the server's close frame (§4.1 path 3)."""
+        """Send ``disconnect`` and wait for the acknowledgement of the current mode (§4.1).
+
+        Returns the (code, reason) to report: unchanged on success, or
+        ``CLOSE_FAILED`` with what went wrong when a successful close was expected.
+        """
+        mode = self._signaling_mode()
+        if mode == "ws":
+            return await self._goodbye_websocket(sig, code, reason)
+        disconnect = {"type": "disconnect", "reason": "NO-ERROR"}
+        sent = self._dc.is_open("signaling") and self._send_dc("signaling", disconnect, report=True)
+        if mode == "dc+ws":
+            if not sent:  # the signaling channel is gone; the WebSocket is still there
+                return await self._goodbye_websocket(sig, code, reason)
+            self._log(logging.DEBUG, "disconnect sent on the signaling DataChannel; waiting for the WebSocket close")
+            return await self._await_ws_close(sig, code, reason, self._disconnect_wait_timeout,
+                                              "Websocket (DC signaling is enabled)")
+        if not sent:
+            failed = "Failed to close DataChannel: the signaling DataChannel is not open"
+        elif await self._wait_channels_closed(self._disconnect_wait_timeout):
+            return code, reason
+        else:
+            failed = (f"Failed to close DataChannel: the server did not close the DataChannels within "
+                      f"{self._disconnect_wait_timeout:g} s ({DISCONNECT_WAIT_TIMEOUT[1]})")
+        self._log(logging.WARNING, "%s", failed)
+        if code == SignalingErrorCode.CLOSE_SUCCEEDED:
+            return SignalingErrorCode.CLOSE_FAILED, failed
+        return code, reason
+
+    async def _goodbye_websocket(self, sig: SignalingChannel, code: SignalingErrorCode,
+                                 reason: str) -> tuple[SignalingErrorCode, str]:
+        """WebSocket path: ``disconnect`` on the WS, then the server's close frame (§4.1 path 3)."""
         try:
             await self._send({"type": "disconnect", "reason": "NO-ERROR"})
-            async with asyncio.timeout(self._ws_close_timeout):
-                await sig.ws.wait_closed()
-        except TimeoutError:
-            self.ws_close_code, self.ws_close_reason = 4999, "DISCONNECT-WAIT-TIMEOUT-ERROR"
-            self._log(logging.WARNING, "the server did not close the WebSocket within %g s", self._ws_close_timeout)
-            if code == SignalingErrorCode.CLOSE_SUCCEEDED:
-                return (SignalingErrorCode.CLOSE_FAILED,
-                        f"Failed to close WebSocket: the server did not close it within "
-                        f"{self._ws_close_timeout:g} s (DISCONNECT-WAIT-TIMEOUT-ERROR)")
-            return code, reason
         except Exception as exc:  # the socket was already going away
             self._log(logging.DEBUG, "sending disconnect failed: %r", exc)
+        return await self._await_ws_close(sig, code, reason, self._ws_close_timeout, "WebSocket")
+
+    async def _await_ws_close(self, sig: SignalingChannel, code: SignalingErrorCode, reason: str,
+                              timeout: float, what: str) -> tuple[SignalingErrorCode, str]:
+        """Wait for the server to close the WebSocket; 4999 and ``CLOSE_FAILED`` after ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout):
+                await sig.ws.wait_closed()
+        except TimeoutError:
+            self.ws_close_code, self.ws_close_reason = DISCONNECT_WAIT_TIMEOUT
+            self._log(logging.WARNING, "the server did not close the WebSocket within %g s", timeout)
+            if code == SignalingErrorCode.CLOSE_SUCCEEDED:
+                return (SignalingErrorCode.CLOSE_FAILED,
+                        (f"Failed to close {what}: the server did not close it within "
+                         f"{timeout:g} s ({DISCONNECT_WAIT_TIMEOUT[1]})"))
+            return code, reason
         closed = sig.closed_info()
         if closed is not None:
             self._note_ws_close(closed)
             if code == SignalingErrorCode.CLOSE_SUCCEEDED and not (closed.clean and closed.code == 1000):
                 return (SignalingErrorCode.CLOSE_FAILED,
-                        f"Failed to close WebSocket: {closed.code} {closed.reason}".rstrip())
+                        f"Failed to close {what}: {closed.code} {closed.reason}".rstrip())
         return code, reason
 
     def _note_ws_close(self, closed: SignalingClosed) -> None:
@@ -822,6 +1329,11 @@ class Connection:
                     self.disconnect_code in (None, SignalingErrorCode.CLOSE_SUCCEEDED):
                 initial.append(Connected(self._connection_id))
             initial.extend(TrackAdded(t) for t in self._tracks.values())
+            if self._switched_message is not None and self._state != "closed":
+                initial.append(Switched(self._switched_message.get("ignore_disconnect_websocket") is True,
+                                        self._switched_message))
+            initial.extend(DataChannelOpen(label) for label in sorted(self._dc.open)
+                           if self._dc.listed(label) and (label.startswith(MESSAGING_PREFIX) or label == "rpc"))
             if self._state == "closed" and self.disconnect_code is not None:
                 initial.append(Disconnected(self.disconnect_code, self.disconnect_reason or "",
                                             self.ws_close_code, self.ws_close_reason))
@@ -845,7 +1357,8 @@ class Connection:
         """Yield :mod:`hibiki.events` until (and including) :class:`~hibiki.events.Disconnected`.
 
         A consumer that starts late first gets the current state
-        (``Connected``, a ``TrackAdded`` per live track).
+        (``Connected``, a ``TrackAdded`` per live track, ``Switched``, a
+        ``DataChannelOpen`` per open messaging channel).
         """
         loop = asyncio.get_running_loop()
         primary = self._primary

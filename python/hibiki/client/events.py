@@ -27,12 +27,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "Connected",
     "ConnectionEvent",
+    "DataChannelOpen",
     "Disconnected",
+    "Message",
     "Notify",
     "Push",
     "SignalingDirection",
     "SignalingErrorCode",
     "SignalingType",
+    "Switched",
     "TrackAdded",
     "TrackRemoved",
 ]
@@ -133,6 +136,51 @@ class Push:
 
 
 @dataclass(frozen=True)
+class Switched:
+    """The server switched signaling to DataChannels (``{"type": "switched"}``, §5.10).
+
+    From here on re-offers, notifies and pushes arrive over DataChannels. With
+    ``ignore_disconnect_websocket`` the SDK has closed the WebSocket itself
+    (``on_ws_close(1000, "SELF-CLOSED")``) and the connection lives on over
+    DataChannels only.
+    """
+
+    ignore_disconnect_websocket: bool
+    message: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataChannelOpen:
+    """A data channel the application can use is open: a ``#`` messaging label or ``rpc``.
+
+    ``await conn.send_message(label, data)`` works from here on.
+    """
+
+    label: str
+
+
+@dataclass(frozen=True)
+class Message:
+    """A message on a ``#`` messaging label (or a raw JSON-RPC message on ``rpc``).
+
+    ``data`` is exactly what sora-sdk's ``on_message`` gets: decompressed when
+    the label is compressed, and including the 26-byte sender connection_id
+    when the label was requested with ``header=[{"type": "sender_connection_id"}]``.
+    In that case ``sender_connection_id`` holds that id and ``payload`` the
+    bytes after it; otherwise ``payload`` is ``data``.
+    """
+
+    label: str
+    data: bytes
+    sender_connection_id: str | None = None
+
+    @property
+    def payload(self) -> bytes:
+        """The message without its sender header."""
+        return self.data[len(self.sender_connection_id):] if self.sender_connection_id else self.data
+
+
+@dataclass(frozen=True)
 class Disconnected:
     """The connection is closed; this is always the last event.
 
@@ -147,5 +195,7 @@ class Disconnected:
     ws_close_reason: str | None = None
 
 
-ConnectionEvent = Connected | TrackAdded | TrackRemoved | Notify | Push | Disconnected
+ConnectionEvent = (
+    Connected | TrackAdded | TrackRemoved | Notify | Push | Switched | DataChannelOpen | Message | Disconnected
+)
 """Anything ``async for event in conn`` can yield."""

@@ -15,14 +15,14 @@ __all__ = ["Hibiki", "split_kwargs"]
 _SORA_UNSUPPORTED = frozenset({
     "audio_frame_transformer", "video_frame_transformer", "simulcast", "spotlight",
     "spotlight_number", "simulcast_rid", "simulcast_request_rid", "spotlight_focus_rid",
-    "spotlight_unfocus_rid", "forwarding_filter", "forwarding_filters", "data_channels",
-    "data_channel_signaling", "ignore_disconnect_websocket", "data_channel_signaling_timeout",
-    "disconnect_wait_timeout", "audio_streaming_language_code", "insecure", "client_cert",
+    "spotlight_unfocus_rid", "forwarding_filter", "forwarding_filters",
+    "audio_streaming_language_code", "insecure", "client_cert",
     "client_key", "ca_cert", "proxy_username", "proxy_password", "proxy_agent",
     "degradation_preference", "video_h265_params",
 })
-# Accepted and meaningless here (we race all URLs at once anyway).
-_SORA_NOOP = frozenset({"disable_signaling_url_randomization"})
+# Accepted and meaningless here: we race all URLs at once anyway, and libsora
+# itself never uses data_channel_signaling_timeout (sora-signaling.md §12.3).
+_SORA_NOOP = frozenset({"disable_signaling_url_randomization", "data_channel_signaling_timeout"})
 
 
 def split_kwargs(kwargs: dict[str, Any], where: str) -> dict[str, Any]:
@@ -107,6 +107,10 @@ class Hibiki:
         connect_timeout: float | None = 30.0,
         proxy_url: str | None = None,
         user_agent: str | None = None,
+        data_channel_signaling: bool | None = None,
+        ignore_disconnect_websocket: bool | None = None,
+        data_channels: list[dict[str, Any]] | None = None,
+        disconnect_wait_timeout: float | None = None,
         **kwargs: Any,
     ) -> Connection:
         """Create a :class:`~hibiki.Connection` (not connected yet: call ``connect()``).
@@ -116,6 +120,15 @@ class Hibiki:
         not implement yet (simulcast, data channels, TLS options...) are
         ignored with a ``UserWarning``. ``connect_timeout`` (seconds) bounds
         ``connect()`` as a whole.
+
+        DataChannels: ``data_channel_signaling=True`` moves signaling to
+        DataChannels once the server sends ``switched``;
+        ``ignore_disconnect_websocket=True`` then drops the WebSocket;
+        ``data_channels`` asks for messaging labels, each a dict with
+        ``label`` (``"#..."``) and ``direction`` and optionally ``ordered``,
+        ``compress``, ``max_packet_life_time``, ``max_retransmits``,
+        ``protocol``, ``header``; ``disconnect_wait_timeout`` (seconds, default
+        5) bounds a disconnect over DataChannels.
         """
         split_kwargs(kwargs, "create_connection")
         return Connection(
@@ -144,4 +157,8 @@ class Hibiki:
             connect_timeout=connect_timeout,
             proxy_url=proxy_url,
             user_agent=user_agent,
+            data_channel_signaling=data_channel_signaling,
+            ignore_disconnect_websocket=ignore_disconnect_websocket,
+            data_channels=data_channels,
+            disconnect_wait_timeout=5.0 if disconnect_wait_timeout is None else disconnect_wait_timeout,
         )

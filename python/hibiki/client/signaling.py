@@ -32,7 +32,9 @@ __all__ = [
     "SignalingClosed",
     "SignalingOpenError",
     "build_connect_message",
+    "dumps",
     "environment_string",
+    "parse_message",
 ]
 
 logger = logging.getLogger("hibiki.client")
@@ -83,9 +85,17 @@ def build_connect_message(
     video_bit_rate: int | None = None,
     audio_extra: dict[str, Any] | None = None,
     video_extra: dict[str, Any] | None = None,
+    data_channel_signaling: bool | None = None,
+    ignore_disconnect_websocket: bool | None = None,
+    data_channels: list[dict[str, Any]] | None = None,
     redirect: bool = False,
 ) -> dict[str, Any]:
     """Build the ``connect`` message. Unset fields are left out, as sora-sdk does.
+
+    ``data_channel_signaling`` and ``ignore_disconnect_websocket`` are sent
+    whenever they are given (``False`` included), like libsora's optional
+    fields; ``data_channels`` entries should come from
+    :func:`hibiki.client.datachannel.normalize_data_channels`.
 
     >>> build_connect_message(role="sendonly", channel_id="room")["video"]
     True
@@ -111,7 +121,34 @@ def build_connect_message(
         msg["signaling_notify_metadata"] = signaling_notify_metadata
     msg["audio"] = _media_field(audio, audio_codec_type, audio_bit_rate, audio_extra)
     msg["video"] = _media_field(video, video_codec_type, video_bit_rate, video_extra)
+    if data_channel_signaling is not None:
+        msg["data_channel_signaling"] = bool(data_channel_signaling)
+    if ignore_disconnect_websocket is not None:
+        msg["ignore_disconnect_websocket"] = bool(ignore_disconnect_websocket)
+    if data_channels:
+        msg["data_channels"] = [dict(entry) for entry in data_channels]
     return msg
+
+
+def parse_message(text: str, where: str = "signaling") -> dict[str, Any] | None:
+    """Parse one signaling message: a JSON object with a string ``type``, else None (logged).
+
+    The official client would crash on anything else (§1); we log and go on.
+    """
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        logger.warning("ignoring a %s message that is not JSON: %.200s", where, text)
+        return None
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        logger.warning("ignoring a %s message without a string type: %.200s", where, text)
+        return None
+    return msg
+
+
+def dumps(message: dict[str, Any]) -> str:
+    """The compact JSON text of a signaling message (what goes on the wire)."""
+    return json.dumps(message, separators=(",", ":"))
 
 
 class SignalingOpenError(Exception):
@@ -226,7 +263,7 @@ class SignalingChannel:
 
     async def send(self, message: dict[str, Any]) -> str:
         """Send ``message`` as one JSON text frame and return the text sent."""
-        text = json.dumps(message, separators=(",", ":"))
+        text = dumps(message)
         await self.ws.send(text)
         return text
 
@@ -243,15 +280,9 @@ class SignalingChannel:
             except ConnectionClosed as exc:
                 raise self._closed_info(exc) from None
             text = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
-            try:
-                msg = json.loads(text)
-            except ValueError:
-                logger.warning("ignoring a signaling frame that is not JSON: %.200s", text)
-                continue
-            if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-                logger.warning("ignoring a signaling message without a string type: %.200s", text)
-                continue
-            return text, msg
+            msg = parse_message(text)
+            if msg is not None:
+                return text, msg
 
     @staticmethod
     def _closed_info(exc: ConnectionClosed) -> SignalingClosed:

@@ -55,6 +55,10 @@ pub struct DataChannelSpec {
     pub recv: bool,
     /// Prefix forwarded messages with the sender's connection id.
     pub header: bool,
+    /// Every message on this label, both ways, is zlib-compressed (Sora's
+    /// `compress`): forwarding decompresses and recompresses as each side
+    /// asked, with the header inside the compressed message.
+    pub compress: bool,
 }
 
 /// The result of creating a connection: the server's offer.

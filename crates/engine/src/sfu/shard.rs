@@ -448,7 +448,8 @@ impl Shard {
             return;
         };
         let sender_name = sender.name.clone();
-        let targets: Vec<(u64, bool)> = self
+        let sender_compressed = sender.data_channel(label).is_some_and(|d| d.compress);
+        let targets: Vec<(u64, bool, bool)> = self
             .channels
             .get(&sender.channel)
             .into_iter()
@@ -457,19 +458,46 @@ impl Shard {
             .filter_map(|m| {
                 let c = self.conns.get(m)?;
                 let spec = c.data_channel(label)?;
-                (spec.recv && c.peer.has_channel(label)).then_some((*m, spec.header))
+                (spec.recv && c.peer.has_channel(label)).then_some((*m, spec.header, spec.compress))
             })
             .collect();
-        let mut with_header = Vec::new();
-        for (target, header) in targets {
-            let payload: &[u8] = if header {
-                if with_header.is_empty() {
-                    with_header.extend_from_slice(sender_name.as_bytes());
-                    with_header.extend_from_slice(data);
+        if targets.is_empty() {
+            return;
+        }
+        // The common case (no header, same compression on both sides)
+        // forwards the bytes untouched; otherwise work on the plain message.
+        let plain = if sender_compressed {
+            match inflate(data) {
+                Some(p) => Some(p),
+                None => {
+                    debug!(
+                        label,
+                        "dropped a message that is not zlib on a compressed label"
+                    );
+                    return;
                 }
-                &with_header
-            } else {
+            }
+        } else {
+            None
+        };
+        let plain: &[u8] = plain.as_deref().unwrap_or(data);
+        let mut variants: HashMap<(bool, bool), Vec<u8>> = HashMap::new();
+        for (target, header, compress) in targets {
+            let payload: &[u8] = if !header && compress == sender_compressed {
                 data
+            } else {
+                variants.entry((header, compress)).or_insert_with(|| {
+                    let mut m = Vec::with_capacity(plain.len() + 26);
+                    if header {
+                        m.extend_from_slice(sender_name.as_bytes());
+                    }
+                    m.extend_from_slice(plain);
+                    if compress {
+                        deflate(&m)
+                    } else {
+                        m
+                    }
+                })
             };
             self.with_peer(target, |peer| {
                 if let Ok(false) | Err(_) = peer.send_channel(label, payload, true) {
@@ -889,4 +917,23 @@ impl Shard {
             }
         }
     }
+}
+
+/// zlib (RFC 1950) decompression, bounded so a small bomb cannot allocate
+/// without limit.
+fn inflate(data: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    const MAX: u64 = 1 << 20;
+    let mut out = Vec::new();
+    let mut d = flate2::read::ZlibDecoder::new(data).take(MAX + 1);
+    d.read_to_end(&mut out).ok()?;
+    (out.len() as u64 <= MAX).then_some(out)
+}
+
+/// zlib (RFC 1950) compression.
+fn deflate(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    let _ = e.write_all(data);
+    e.finish().unwrap_or_default()
 }
