@@ -146,8 +146,9 @@ pub struct FrameIn {
 pub enum PeerEvent {
     /// ICE and DTLS are up.
     Connected,
-    /// ICE lost the remote (consent expired) or the remote closed DTLS.
-    Disconnected,
+    /// ICE lost the remote (consent expired) or the remote closed DTLS;
+    /// the text says which.
+    Disconnected(&'static str),
     Rtp(RtpIn),
     Frame(FrameIn),
     /// The remote asks for a keyframe on one of our sending m-lines.
@@ -453,6 +454,15 @@ impl Peer {
         self.rtc.disconnect();
     }
 
+    /// Graceful stop: tells the remote (SCTP shutdown, DTLS close_notify)
+    /// so it learns at once instead of after an ICE timeout. Drain the
+    /// peer afterwards to send those packets.
+    pub fn close(&mut self) {
+        if self.rtc.close().is_err() {
+            self.rtc.disconnect();
+        }
+    }
+
     /// Next output. Events str0m reports that we do not use come back as
     /// `Ok(None)`; keep polling.
     pub fn poll(&mut self) -> Result<Option<Output>, String> {
@@ -472,9 +482,9 @@ impl Peer {
         match e {
             Event::Connected => Some(PeerEvent::Connected),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                Some(PeerEvent::Disconnected)
+                Some(PeerEvent::Disconnected("ICE disconnected"))
             }
-            Event::Closed => Some(PeerEvent::Disconnected),
+            Event::Closed => Some(PeerEvent::Disconnected("closed by the remote peer")),
             Event::RtpPacket(p) => {
                 // Senders stop sending the MID extension once an RTCP
                 // receiver report acknowledged their SSRC; str0m knows the

@@ -157,9 +157,9 @@ impl ClientConnection {
                 self.connected = true;
                 events.send(EngineEvent::new(EventKind::Connected, name));
             }
-            PeerEvent::Disconnected => {
+            PeerEvent::Disconnected(why) => {
                 self.connected = false;
-                self.dead.get_or_insert_with(|| "ICE disconnected".into());
+                self.dead.get_or_insert_with(|| why.into());
             }
             PeerEvent::Frame(f) => {
                 let mut ev = EngineEvent::new(EventKind::Frame, name);

@@ -361,6 +361,11 @@ impl Worker {
                 });
             }
             Command::Close(handle) => {
+                // Graceful close first, so the server hears it at once.
+                self.with_conn(handle, |c| {
+                    c.peer.close();
+                    Ok(())
+                });
                 if let Some(mut c) = self.conns.remove(&handle) {
                     c.peer.disconnect();
                     let _ = self.poll.registry().deregister(&mut c.socket);

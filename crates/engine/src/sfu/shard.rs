@@ -376,9 +376,9 @@ impl Shard {
                     self.request_keyframe(t, true);
                 }
             }
-            PeerEvent::Disconnected => {
+            PeerEvent::Disconnected(why) => {
                 if let Some(conn) = self.conns.get_mut(&id) {
-                    conn.dead.get_or_insert_with(|| "ICE disconnected".into());
+                    conn.dead.get_or_insert_with(|| why.into());
                     self.dying.push(id);
                 }
             }
@@ -853,6 +853,16 @@ impl Shard {
         let Some(mut conn) = self.conns.remove(&id) else {
             return;
         };
+        // Say goodbye (DTLS close_notify, SCTP shutdown) so the client
+        // notices now, not after its ICE timeout; then stop for good.
+        let mut scratch = Vec::new();
+        let socket = &self.socket;
+        let counters = &*self.counters;
+        let timers = &mut self.timers;
+        let _ = catch_unwind(AssertUnwindSafe(|| {
+            conn.peer.close();
+            drain(id, &mut conn.peer, socket, timers, counters, &mut scratch)
+        }));
         conn.peer.disconnect();
         self.demux.remove(id);
         self.timers.remove(id);
