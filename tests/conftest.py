@@ -15,7 +15,9 @@ Every server is stopped at teardown (SIGINT, then kill) and the test FAILS if
 the server wrote a Python traceback, did not stop within 10 s, or died early.
 
 Helpers (``from conftest import ...``): ``run``, ``open_ws``, ``recv_json``,
-``expect_close``, ``connect_message``, ``connect_and_get_offer``, ``wait_until``.
+``expect_close``, ``connect_message``, ``connect_and_get_offer``, ``wait_until``,
+and ``Peer``/``with_engine``/``is_notify`` (a raw signaling client with a real
+media connection).
 
 Nothing here builds anything: the Rust extension (``hibiki._core``) must
 already be built into ``python/hibiki``.
@@ -24,6 +26,7 @@ already be built into ``python/hibiki``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -134,6 +137,9 @@ def _wait_healthy(server: ServerProcess, deadline: float) -> bool:
 def start_server(workdir: Path, *extra_args: str) -> ServerProcess:
     """Start ``python -m hibiki serve`` on a free port and wait until /health answers."""
     env = os.environ.copy()
+    # Servers start with exactly the options a test gives, whatever the shell exports.
+    for name in ("HIBIKI_AUTH_SECRET", "HIBIKI_AUTH_WEBHOOK"):
+        env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PYTHON_SRC), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
     last: ServerProcess | None = None
@@ -288,3 +294,131 @@ async def connect_and_get_offer(
         raise AssertionError(f"server closed instead of offering: {exc.rcvd}") from None
     assert msg["type"] == "offer", msg
     return ws, msg
+
+
+# -- raw signaling peers with a real media connection --------------------------------------
+#
+# hibiki._core.ClientEngine is the data plane of our client SDK: a real str0m
+# peer doing ICE/DTLS over loopback. It lets server tests reach CONNECTED and
+# check what the server says after the answer, message by message.
+
+
+class Peer:
+    """One signaling client with a real media connection; answers re-offers and (optionally) pings."""
+
+    def __init__(self, engine: Any, ws: Any, offer: dict[str, Any], answer_pings: bool) -> None:
+        self.engine = engine
+        self.ws = ws
+        self.offer = offer
+        self.connection_id: str = offer["connection_id"]
+        self.answer_pings = answer_pings
+        self.messages: list[dict[str, Any]] = []
+        self.closed: tuple[int, str] | None = None
+        self.disconnecting = False
+        self._changed = asyncio.Event()
+        self.handle, answer = engine.connect(offer["sdp"])
+        self._task = asyncio.create_task(self._read(answer))
+
+    @classmethod
+    async def join(
+        cls, engine: Any, server: ServerProcess, channel_id: str, answer_pings: bool = True, **fields: Any
+    ) -> Peer:
+        ws, offer = await connect_and_get_offer(server, channel_id=channel_id, **fields)
+        return cls(engine, ws, offer, answer_pings)
+
+    async def _read(self, answer: str) -> None:
+        await self.ws.send(json.dumps({"type": "answer", "sdp": answer}))
+        try:
+            async for frame in self.ws:
+                assert isinstance(frame, str)
+                msg = json.loads(frame)
+                self.messages.append(msg)
+                if msg["type"] == "re-offer":
+                    try:
+                        reanswer = self.engine.accept_offer(self.handle, msg["sdp"])
+                    except ValueError as exc:
+                        if self.disconnecting:
+                            # A re-offer still queued when we asked to leave: the
+                            # server may already have closed the media (DTLS
+                            # close_notify), so the engine forgot the connection.
+                            continue
+                        raise AssertionError(
+                            f"re-offer for connection {self.handle} failed: {exc}; "
+                            f"engine events: {ENGINE_LIFECYCLE.get(id(self.engine))}"
+                        ) from None
+                    await self.ws.send(json.dumps({"type": "re-answer", "sdp": reanswer}))
+                elif msg["type"] == "ping" and self.answer_pings:
+                    await self.ws.send(json.dumps({"type": "pong"}))
+                self._changed.set()
+        except websockets.ConnectionClosed:
+            pass
+        self.closed = (self.ws.close_code or 1006, self.ws.close_reason or "")
+        self._changed.set()
+
+    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """The first message (already received or coming) that matches ``predicate``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            for msg in self.messages:
+                if predicate(msg):
+                    return msg
+            if self.closed is not None:
+                raise AssertionError(f"closed {self.closed} before the expected message; got {self.messages}")
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"no matching message within {timeout} s; got {self.messages}")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), remaining)
+
+    async def wait_closed(self, timeout: float = 10.0) -> tuple[int, str]:
+        await asyncio.wait_for(asyncio.shield(self._task), timeout)
+        assert self.closed is not None
+        return self.closed
+
+    def notifies(self, event_type: str, about: str) -> list[dict[str, Any]]:
+        return [
+            m
+            for m in self.messages
+            if m["type"] == "notify" and m["event_type"] == event_type and m["connection_id"] == about
+        ]
+
+    async def disconnect(self) -> tuple[int, str]:
+        self.disconnecting = True
+        await self.ws.send(json.dumps({"type": "disconnect", "reason": "NO-ERROR"}))
+        return await self.wait_closed()
+
+
+def is_notify(event_type: str, about: Peer) -> Callable[[dict[str, Any]], bool]:
+    """A predicate for :meth:`Peer.wait_for`: a notify ``event_type`` about ``about``."""
+    return lambda m: (
+        m["type"] == "notify" and m["event_type"] == event_type and m["connection_id"] == about.connection_id
+    )
+
+
+async def with_engine(body: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    """Run ``body(engine)`` with a ``hibiki._core.ClientEngine`` whose events are drained."""
+    from hibiki._core import ClientEngine
+
+    engine = ClientEngine()
+    loop = asyncio.get_running_loop()
+    lifecycle = ENGINE_LIFECYCLE.setdefault(id(engine), [])
+
+    def drain() -> None:
+        # Frames are not under test; keep the queue drained, but remember
+        # connected/closed events to explain a connection that went away.
+        for event in engine.poll_events():
+            if event.kind in ("connected", "closed"):
+                lifecycle.append(f"{event.kind} {event.connection} {event.reason or ''}".strip())
+
+    loop.add_reader(engine.fileno(), drain)
+    try:
+        await body(engine)
+    finally:
+        loop.remove_reader(engine.fileno())
+        engine.close()
+        ENGINE_LIFECYCLE.pop(id(engine), None)
+
+
+ENGINE_LIFECYCLE: dict[int, list[str]] = {}
+"""Per live ClientEngine (by id): its connected/closed events, for failure messages."""

@@ -14,22 +14,25 @@ import json
 import re
 import subprocess
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import websockets
 from conftest import (
     PYTHON_SRC,
+    Peer,
     ServerProcess,
     connect_and_get_offer,
     connect_message,
     expect_close,
+    is_notify,
     new_channel_id,
     open_ws,
     recv_json,
     run,
     wait_until,
+    with_engine,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -467,106 +470,9 @@ def test_fuzz_in_parallel_leaves_server_healthy(server: ServerProcess, batch: li
     run(still_serving())
 
 
-# -- with a real WebRTC peer -------------------------------------------------------------
-#
-# hibiki._core.ClientEngine is the data plane of our client SDK: a real str0m
-# peer doing ICE/DTLS over loopback. It lets these tests reach CONNECTED and
-# check what the server says after the answer.
+# -- with a real WebRTC peer (conftest.Peer) -----------------------------------------------
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
-
-
-class Peer:
-    """One signaling client with a real media connection; answers re-offers and (optionally) pings."""
-
-    def __init__(self, engine: Any, ws: Any, offer: dict[str, Any], answer_pings: bool) -> None:
-        self.engine = engine
-        self.ws = ws
-        self.offer = offer
-        self.connection_id: str = offer["connection_id"]
-        self.answer_pings = answer_pings
-        self.messages: list[dict[str, Any]] = []
-        self.closed: tuple[int, str] | None = None
-        self._changed = asyncio.Event()
-        self.handle, answer = engine.connect(offer["sdp"])
-        self._task = asyncio.create_task(self._read(answer))
-
-    @classmethod
-    async def join(
-        cls, engine: Any, server: ServerProcess, channel_id: str, answer_pings: bool = True, **fields: Any
-    ) -> Peer:
-        ws, offer = await connect_and_get_offer(server, channel_id=channel_id, **fields)
-        return cls(engine, ws, offer, answer_pings)
-
-    async def _read(self, answer: str) -> None:
-        await self.ws.send(json.dumps({"type": "answer", "sdp": answer}))
-        try:
-            async for frame in self.ws:
-                assert isinstance(frame, str)
-                msg = json.loads(frame)
-                self.messages.append(msg)
-                if msg["type"] == "re-offer":
-                    reanswer = self.engine.accept_offer(self.handle, msg["sdp"])
-                    await self.ws.send(json.dumps({"type": "re-answer", "sdp": reanswer}))
-                elif msg["type"] == "ping" and self.answer_pings:
-                    await self.ws.send(json.dumps({"type": "pong"}))
-                self._changed.set()
-        except websockets.ConnectionClosed:
-            pass
-        self.closed = (self.ws.close_code or 1006, self.ws.close_reason or "")
-        self._changed.set()
-
-    async def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
-        """The first message (already received or coming) that matches ``predicate``."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            for msg in self.messages:
-                if predicate(msg):
-                    return msg
-            if self.closed is not None:
-                raise AssertionError(f"closed {self.closed} before the expected message; got {self.messages}")
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise AssertionError(f"no matching message within {timeout} s; got {self.messages}")
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), remaining)
-
-    async def wait_closed(self, timeout: float = 10.0) -> tuple[int, str]:
-        await asyncio.wait_for(asyncio.shield(self._task), timeout)
-        assert self.closed is not None
-        return self.closed
-
-    def notifies(self, event_type: str, about: str) -> list[dict[str, Any]]:
-        return [
-            m
-            for m in self.messages
-            if m["type"] == "notify" and m["event_type"] == event_type and m["connection_id"] == about
-        ]
-
-    async def disconnect(self) -> tuple[int, str]:
-        await self.ws.send(json.dumps({"type": "disconnect", "reason": "NO-ERROR"}))
-        return await self.wait_closed()
-
-
-def _is_notify(event_type: str, about: Peer) -> Callable[[dict[str, Any]], bool]:
-    return lambda m: (
-        m["type"] == "notify" and m["event_type"] == event_type and m["connection_id"] == about.connection_id
-    )
-
-
-async def _with_engine(body: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
-    from hibiki._core import ClientEngine
-
-    engine = ClientEngine()
-    loop = asyncio.get_running_loop()
-    # The engine's events (frames, ...) are not under test; keep its queue drained.
-    loop.add_reader(engine.fileno(), engine.poll_events)
-    try:
-        await body(engine)
-    finally:
-        loop.remove_reader(engine.fileno())
-        engine.close()
 
 
 def test_connection_notifies(server: ServerProcess) -> None:
@@ -575,7 +481,7 @@ def test_connection_notifies(server: ServerProcess) -> None:
 
     async def body(engine: Any) -> None:
         a = await Peer.join(engine, server, channel, role="sendrecv", signaling_notify_metadata={"name": "A"})
-        created_a = await a.wait_for(_is_notify("connection.created", a))
+        created_a = await a.wait_for(is_notify("connection.created", a))
         session_id = a.offer["session_id"]
         assert created_a == {
             "type": "notify",
@@ -602,7 +508,7 @@ def test_connection_notifies(server: ServerProcess) -> None:
         assert a.messages[0]["type"] == "notify"
 
         b = await Peer.join(engine, server, channel, role="recvonly", client_id="bob", audio=False)
-        created_b_self = await b.wait_for(_is_notify("connection.created", b))
+        created_b_self = await b.wait_for(is_notify("connection.created", b))
         assert created_b_self["data"] == [
             {"connection_id": a.connection_id, "client_id": a.connection_id, "metadata": {"name": "A"}},
             {"connection_id": b.connection_id, "client_id": "bob"},  # no notify metadata: no key
@@ -617,13 +523,13 @@ def test_connection_notifies(server: ServerProcess) -> None:
             "channel_sendonly_connections": 0,
             "channel_recvonly_connections": 1,
         }
-        created_b_for_a = await a.wait_for(_is_notify("connection.created", b))
+        created_b_for_a = await a.wait_for(is_notify("connection.created", b))
         assert "data" not in created_b_for_a
         assert {k: v for k, v in created_b_for_a.items() if k.startswith("channel_")} == counts
         assert server.health()["connections"] == 2
 
         assert await b.disconnect() == (1000, "TYPE-DISCONNECT")
-        destroyed = await a.wait_for(_is_notify("connection.destroyed", b))
+        destroyed = await a.wait_for(is_notify("connection.destroyed", b))
         assert destroyed["client_id"] == "bob" and destroyed["role"] == "recvonly"
         assert (destroyed["channel_connections"], destroyed["channel_recvonly_connections"]) == (1, 0)
         assert isinstance(destroyed["minutes"], int)
@@ -637,7 +543,7 @@ def test_connection_notifies(server: ServerProcess) -> None:
         assert a.notifies("connection.destroyed", a.connection_id) == []
         wait_until(lambda: server.health()["connections"] == 0, what="everyone to leave")
 
-    run(_with_engine(body))
+    run(with_engine(body))
 
 
 def test_ping_pong_and_ping_timeout(server_factory: Callable[..., ServerProcess]) -> None:
@@ -653,9 +559,9 @@ def test_ping_pong_and_ping_timeout(server_factory: Callable[..., ServerProcess]
         pings = [m for m in silent.messages if m["type"] == "ping"]
         assert len(pings) >= 2 and all(p == {"type": "ping", "stats": False} for p in pings)
         # The one that answers is still there, and saw the other leave.
-        await good.wait_for(_is_notify("connection.destroyed", silent))
+        await good.wait_for(is_notify("connection.destroyed", silent))
         assert good.closed is None
         assert len([m for m in good.messages if m["type"] == "ping"]) >= 4
         assert await good.disconnect() == (1000, "TYPE-DISCONNECT")
 
-    run(_with_engine(body))
+    run(with_engine(body))

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from hibiki.server import close_codes
+from hibiki.server.api import handle_api_request
 from hibiki.server.hub import Hub
 from hibiki.server.settings import ServerSettings
 
@@ -29,6 +30,9 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
     * ``/signaling`` (WebSocket): Sora signaling, see ``hibiki.server.session``.
     * ``/health`` (GET): ``{"status": "ok", "connections": n, "channels": n,
       "sessions": n, "rtc_ports": [...]}``; 503 until the data plane runs.
+    * ``/api`` and ``/`` (POST): the Sora-style HTTP API (``x-sora-target``),
+      see ``hibiki.server.api``. ``/`` is where Sora's API listener answers;
+      other methods on ``/`` are left free for a web page.
 
     The lifespan starts the Rust data plane (``hibiki._core.Sfu``) and stops it
     on shutdown, after uvicorn has closed the WebSockets.
@@ -39,6 +43,20 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         hub.bridge.start()
+        log.info(
+            "authentication: %s; HTTP API at /api%s; placement: %s",
+            " + ".join(
+                part
+                for part in (
+                    "access tokens" if settings.auth_secret else "",
+                    f"webhook {settings.auth_webhook_url}" if settings.auth_webhook_url else "",
+                )
+                if part
+            )
+            or "off",
+            " (bearer secret required)" if settings.auth_secret else "",
+            settings.placement or "everything here",
+        )
         try:
             yield
         finally:
@@ -47,6 +65,7 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
             for session in list(hub.sessions):
                 session.close(close_codes.GOING_AWAY, "server shutting down")
             hub.bridge.stop()
+            await hub.authenticator.aclose()
 
     async def signaling(websocket: WebSocket) -> None:
         await hub.serve_signaling(websocket)
@@ -55,10 +74,17 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
         doc = hub.health()
         return JSONResponse(doc, status_code=200 if doc["status"] == "ok" else 503)
 
+    async def api(request: Request) -> Response:
+        return await handle_api_request(request, hub)
+
     app = Starlette(
         routes=[
             WebSocketRoute("/signaling", signaling),
             Route("/health", health, methods=["GET"]),
+            # Every method reaches the API, which answers all but POST with a
+            # 405 problem document (Starlette's own 405 is plain text).
+            Route("/api", api, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
+            Route("/", api, methods=["POST"]),
         ],
         lifespan=lifespan,
     )

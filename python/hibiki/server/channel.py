@@ -10,20 +10,37 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from hibiki.server.ids import new_session_id
 from hibiki.server.validation import ABSENT, Role
 
-__all__ = ["Channel", "ChannelRegistry", "Member", "MessageSink"]
+__all__ = ["Channel", "ChannelRegistry", "ConnectionHandle", "Member"]
 
 
-class MessageSink(Protocol):
-    """Something that delivers server → client messages to one connection."""
+class ConnectionHandle(Protocol):
+    """What the rest of the server may do to one connection (its signaling session).
 
-    def send_message(self, message: dict[str, Any]) -> None:
-        """Queue ``message`` for sending (never blocks)."""
+    Every method queues and returns at once. Routing is the session's
+    business: today everything goes over the WebSocket; with DataChannel
+    signaling, notifies, pushes and the server's ``close`` go over their data
+    channels.
+    """
+
+    def notify(self, message: dict[str, Any]) -> None:
+        """Deliver a ``notify`` message (dropped if the connection turned notifies off)."""
+
+    def push(self, data: dict[str, Any]) -> None:
+        """Deliver ``{"type": "push", "data": data}``."""
+
+    def server_disconnect(self, reason: str) -> None:
+        """Close the connection from the server side, successfully (1000 ``reason``)."""
+
+
+def _now_us() -> int:
+    return time.time_ns() // 1000
 
 
 _connected_order = itertools.count()
@@ -40,9 +57,16 @@ class Member:
     role: Role
     audio: bool
     video: bool
-    sink: MessageSink
+    handle: ConnectionHandle
     notify_metadata: Any = ABSENT
     """The connection's ``signaling_notify_metadata`` (ABSENT if none was given)."""
+    authz_metadata: Any = ABSENT
+    """``metadata`` from the auth webhook answer or token (ABSENT if none): notify ``authz_metadata``."""
+    audio_codec_type: str | None = None
+    video_codec_type: str | None = None
+    video_bit_rate: int | None = None
+    created_time_us: int = field(default_factory=_now_us)
+    """Wall-clock creation time in microseconds since the epoch (the HTTP API's ``created_time``)."""
     connected: bool = False
     connected_at: float | None = None
     """``time.monotonic()`` when ICE/DTLS came up."""
@@ -65,9 +89,23 @@ class Channel:
     session_id: str
     members: dict[str, Member] = field(default_factory=dict)
 
+    def members_oldest_first(self) -> list[Member]:
+        """Every member, connected or not, in the order they joined."""
+        return list(self.members.values())  # dicts keep insertion (= join) order
+
     def connected_members(self) -> list[Member]:
         """Connected members, oldest first."""
         return sorted((m for m in self.members.values() if m.connected), key=lambda m: m.connected_seq)
+
+    @staticmethod
+    def empty_counts() -> dict[str, int]:
+        """The four connection counters of a channel with no connection."""
+        return {
+            "channel_connections": 0,
+            "channel_sendrecv_connections": 0,
+            "channel_sendonly_connections": 0,
+            "channel_recvonly_connections": 0,
+        }
 
     def counts(self) -> dict[str, int]:
         """The four connection counters of a notify, over connected members."""
@@ -96,6 +134,10 @@ class ChannelRegistry:
     def connection_count(self) -> int:
         """Number of connections (any state) in all channels."""
         return len(self._by_connection)
+
+    def channels(self) -> Iterator[Channel]:
+        """Every channel, in no particular order (a snapshot: safe to change the registry meanwhile)."""
+        return iter(list(self._channels.values()))
 
     def get(self, channel_id: str) -> Channel | None:
         """The channel, if it has connections."""

@@ -1,4 +1,4 @@
-"""The server's shared state: settings, the data plane bridge, channels, live sessions."""
+"""The server's shared state: settings, the data plane bridge, channels, live sessions, auth."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 from starlette.websockets import WebSocket
 
+from hibiki.server.auth import Authenticator
 from hibiki.server.channel import ChannelRegistry
 from hibiki.server.session import SignalingSession
 from hibiki.server.settings import ServerSettings
@@ -28,6 +29,7 @@ class Hub:
         self.bridge = SfuBridge(settings)
         self.registry = ChannelRegistry()
         self.sessions: set[SignalingSession] = set()
+        self.authenticator = Authenticator(settings)
 
     async def serve_signaling(self, websocket: WebSocket) -> None:
         """Run one ``/signaling`` WebSocket to its end."""

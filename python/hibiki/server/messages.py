@@ -4,6 +4,25 @@ The official C++ client reads some fields with throwing accessors: a missing
 field or one of the wrong JSON type terminates the client process
 (sora-signaling.md §1, §5.3). So every builder here emits exact JSON types and
 never ``null`` where the client expects a value.
+
+Notifies (sora-signaling.md §5.7) about a connection (the *subject*) carry:
+``type`` ``"notify"``, ``event_type``, ``timestamp`` (RFC 3339 µs), ``role``,
+``session_id``, ``client_id``, ``bundle_id``, ``connection_id``, ``audio``,
+``video`` (booleans), ``minutes`` (whole minutes since the subject came up),
+``channel_connections`` and the three per-role counters (connected
+connections, after the event), ``turn_transport_type`` (``"udp"``), and when
+set: ``metadata`` (the subject's ``signaling_notify_metadata``) and
+``authz_metadata`` (the ``metadata`` its authentication handed out). The
+connect ``metadata`` (``authn_metadata`` in Sora) is never shown to others:
+it usually holds the access token.
+
+* ``connection.created``: to every connection of the channel when the
+  subject's media comes up, the subject included; the subject's own copy has
+  ``data``: ``[{connection_id, client_id, metadata?, authz_metadata?}]`` for
+  every connected connection, oldest first, itself last.
+* ``connection.updated``: every ``ServerSettings.notify_update_interval``
+  seconds (60 by default) of the subject's life, to the whole channel.
+* ``connection.destroyed``: to the others when the subject leaves.
 """
 
 from __future__ import annotations
@@ -18,10 +37,13 @@ from hibiki.server.validation import ABSENT, ConnectRequest
 __all__ = [
     "connection_created",
     "connection_destroyed",
+    "connection_updated",
     "dumps",
     "offer",
     "ping",
+    "push",
     "re_offer",
+    "redirect",
     "server_version",
     "timestamp",
 ]
@@ -68,8 +90,13 @@ def offer(
     session_id: str,
     audio_mid: str | None,
     video_mid: str | None,
+    metadata: Any = ABSENT,
 ) -> dict[str, Any]:
-    """The one ``offer`` of a session (sora-signaling.md §5.3, minimal WebSocket-only form)."""
+    """The one ``offer`` of a session (sora-signaling.md §5.3, minimal WebSocket-only form).
+
+    ``metadata`` is what authentication handed out (the auth webhook's
+    ``metadata``); it is left out when there is none.
+    """
     mid: dict[str, str] = {}
     if audio_mid is not None:
         mid["audio"] = audio_mid
@@ -98,6 +125,8 @@ def offer(
         "video": request.video,
         "version": _VERSION,
     }
+    if metadata is not ABSENT:
+        msg["metadata"] = metadata
     if request.audio:
         msg["audio_codec_type"] = request.audio_codec_type
         if request.audio_bit_rate is not None:
@@ -112,6 +141,16 @@ def offer(
 def re_offer(sdp: str) -> dict[str, Any]:
     """A renegotiation offer."""
     return {"type": "re-offer", "sdp": sdp}
+
+
+def redirect(location: str) -> dict[str, Any]:
+    """Send the client to another node (§5.2); ``location`` is an absolute ws(s) URL."""
+    return {"type": "redirect", "location": location}
+
+
+def push(data: dict[str, Any]) -> dict[str, Any]:
+    """A push message (§5.8): ``data`` is the JSON object given to the Push API."""
+    return {"type": "push", "data": data}
 
 
 def ping() -> dict[str, Any]:
@@ -137,6 +176,8 @@ def _connection_event(event_type: str, channel: Channel, subject: Member, now: f
     }
     if subject.notify_metadata is not ABSENT:
         msg["metadata"] = subject.notify_metadata
+    if subject.authz_metadata is not ABSENT:
+        msg["authz_metadata"] = subject.authz_metadata
     return msg
 
 
@@ -153,9 +194,16 @@ def connection_created(channel: Channel, subject: Member, *, for_self: bool) -> 
             item: dict[str, Any] = {"connection_id": member.connection_id, "client_id": member.client_id}
             if member.notify_metadata is not ABSENT:
                 item["metadata"] = member.notify_metadata
+            if member.authz_metadata is not ABSENT:
+                item["authz_metadata"] = member.authz_metadata
             data.append(item)
         msg["data"] = data
     return msg
+
+
+def connection_updated(channel: Channel, subject: Member) -> dict[str, Any]:
+    """``notify`` ``connection.updated`` about ``subject``: sent periodically with its ``minutes``."""
+    return _connection_event("connection.updated", channel, subject, None)
 
 
 def connection_destroyed(channel: Channel, subject: Member) -> dict[str, Any]:

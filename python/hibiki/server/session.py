@@ -2,10 +2,17 @@
 
 States::
 
-    WS_OPEN ──connect──▶ OFFER_SENT ──answer──▶ NEGOTIATED ──"connected" event──▶ CONNECTED
-       │                    │                       │                               │
-       └────────────────────┴───────────────────────┴──────▶ CLOSING ◀──────────────┘
-         (disconnect message, WebSocket closed, bad input, ping timeout, "closed" event)
+    WS_OPEN ──connect──▶ AUTHING ──ok──▶ OFFER_SENT ──answer──▶ NEGOTIATED ──"connected"──▶ CONNECTED
+       │                   │  │                │                     │                        │
+       │                   │  └─redirect / rejected──▶ CLOSING       │                        │
+       └───────────────────┴───────────────────┴─────────────────────┴──────▶ CLOSING ◀───────┘
+         (disconnect message, WebSocket closed, bad input, ping timeout, "closed" event,
+          HTTP API disconnect, connection lifetime over)
+
+AUTHING runs the token check, the auth webhook and the placement
+(``hibiki.server.auth``, ``hibiki.server.placement``) in a task while the
+reader keeps reading (a client may give up meanwhile); with none of them
+configured the session goes straight to OFFER_SENT.
 
 Concurrency: everything runs on the event loop. Three sources want to talk to
 the client — the reader (the ``offer``), the Sfu event callback (notifies,
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -28,8 +36,10 @@ from starlette.websockets import WebSocket
 
 from hibiki._log import ConnectionLogger
 from hibiki.server import close_codes, messages
-from hibiki.server.channel import Member
+from hibiki.server.auth import AuthError, AuthResult
+from hibiki.server.channel import Channel, Member
 from hibiki.server.ids import new_connection_id
+from hibiki.server.placement import PLACEMENT_TIMEOUT_S, check_location
 from hibiki.server.validation import (
     ConnectRequest,
     SignalingError,
@@ -61,6 +71,7 @@ class SessionState(enum.Enum):
     """Where a signaling session is in its life."""
 
     WS_OPEN = "WS_OPEN"
+    AUTHING = "AUTHING"
     OFFER_SENT = "OFFER_SENT"
     NEGOTIATED = "NEGOTIATED"
     CONNECTED = "CONNECTED"
@@ -102,6 +113,10 @@ class SignalingSession:
         self._last_pong = 0.0
         self._setup_deadline = 0.0
         self._ping_task: asyncio.Task[None] | None = None
+        self._admit_task: asyncio.Task[None] | None = None
+        self._update_task: asyncio.Task[None] | None = None
+        self._lifetime_timer: asyncio.TimerHandle | None = None
+        self._signaling_notify = True
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "connect": self._on_connect,
             "answer": self._on_answer,
@@ -134,8 +149,6 @@ class SignalingSession:
         finally:
             self.state = SessionState.CLOSING
             self._leave("websocket closed")
-            if self._ping_task is not None:
-                self._ping_task.cancel()
             if self._close_frame is not None and not writer.done():
                 # Let the close frame out (bounded: the client may not be reading).
                 await asyncio.wait({writer}, timeout=_CLOSE_WAIT_S)
@@ -148,6 +161,9 @@ class SignalingSession:
                 timeout: float | None = _CLOSE_WAIT_S
             elif self.state is SessionState.WS_OPEN:
                 timeout = max(0.0, connect_deadline - self._loop.time())
+            elif self.state is SessionState.AUTHING:
+                # Bounded by the webhook's and the placement's own timeouts.
+                timeout = None
             elif self.state in (SessionState.OFFER_SENT, SessionState.NEGOTIATED):
                 # A client that never answers, or whose media never comes up,
                 # would hold a data plane connection forever.
@@ -242,6 +258,7 @@ class SignalingSession:
         if self._left:
             return
         self._left = True
+        self._stop_timers()
         cid = self.connection_id
         if cid is None:
             return
@@ -258,9 +275,7 @@ class SignalingSession:
             return
         channel, member = left
         if member.connected:
-            notify = messages.connection_destroyed(channel, member)
-            for other in channel.connected_members():
-                other.sink.send_message(notify)
+            _broadcast_notify(channel, messages.connection_destroyed(channel, member))
         self.log.info("left the channel (%s); %d connection(s) remain", why, len(channel.members))
 
     # -- client messages ---------------------------------------------------------------
@@ -291,16 +306,94 @@ class SignalingSession:
         self.channel_id = req.channel_id
         self.log.bind(channel_id=req.channel_id, connection_id=cid)
         self.log.info(
-            "connect: role=%s audio=%s video=%s client_id=%s client=%s",
+            "connect: role=%s audio=%s video=%s client_id=%s client=%s%s",
             req.role,
             req.audio_codec_type if req.audio else False,
             req.video_codec_type if req.video else False,
             req.client_id,
             req.sora_client,
+            " (redirected)" if req.redirect else "",
         )
         if req.ignored:
             self.log.info("not supported yet, answered as off: %s", ", ".join(req.ignored))
+        if not self.hub.authenticator.enabled and self.settings.placement is None:
+            # Nothing to wait for: offer right away, in this handler.
+            self._start(AuthResult(req))
+            return
+        self.state = SessionState.AUTHING
+        self._admit_task = asyncio.create_task(self._admit(req), name="signaling-admit")
 
+    async def _admit(self, req: ConnectRequest) -> None:
+        """AUTHING: authenticate, ask the placement, then offer, redirect or close."""
+        assert self.connection_id is not None
+        try:
+            result = AuthResult(req)
+            if self.hub.authenticator.enabled:
+                channel = self.hub.registry.get(req.channel_id)
+                result = await self.hub.authenticator.authenticate(
+                    req,
+                    connection_id=self.connection_id,
+                    channel_counts=channel.counts() if channel is not None else Channel.empty_counts(),
+                    log=self.log,
+                )
+                self.log.info(
+                    "authenticated%s",
+                    f" as client_id={result.request.client_id}" if result.request.client_id != req.client_id else "",
+                )
+            location = await self._place(result.request)
+            if self.state is not SessionState.AUTHING:
+                return  # closed meanwhile (the client left, or the API disconnected it)
+            if location is not None:
+                self._redirect(result.request, location)
+            else:
+                self._start(result)
+        except AuthError as exc:
+            self.log.info("authentication failed: %d %s", exc.code, exc.reason)
+            self.close(exc.code, exc.reason)
+        except SignalingError as exc:
+            self.close(exc.code, exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except TimeoutError:
+            # Only the placement can time out here (the webhook's timeout is an AuthError).
+            self.log.error("the placement did not answer within %g s", PLACEMENT_TIMEOUT_S)
+            self.close(close_codes.INTERNAL_ERROR, "internal error")
+        except Exception:
+            self.log.exception("admitting the connection failed")
+            self.close(close_codes.INTERNAL_ERROR, "internal error")
+
+    async def _place(self, req: ConnectRequest) -> str | None:
+        """Ask the placement where the channel lives: None = here, else a ws(s) URL."""
+        placement = self.settings.placement
+        if placement is None:
+            return None
+        async with asyncio.timeout(PLACEMENT_TIMEOUT_S):
+            answer = placement(req)
+            if inspect.isawaitable(answer):
+                answer = await answer
+        if answer is None:
+            return None
+        if not isinstance(answer, str):
+            raise TypeError(f"placement returned {type(answer).__name__}, expected str or None")
+        return check_location(answer)
+
+    def _redirect(self, req: ConnectRequest, location: str) -> None:
+        """Send the client to the node that holds its channel (§3.4) and close."""
+        if req.redirect:
+            # Following a second redirect would let two nodes that disagree
+            # bounce the client forever.
+            raise SignalingError(f"redirect loop: already redirected, placement says {location}")
+        self.log.info("redirecting to %s", location)
+        self.send_message(messages.redirect(location))
+        self.close(close_codes.NORMAL, close_codes.REDIRECT)
+
+    def _start(self, auth: AuthResult) -> None:
+        """Join the channel, create the data plane connection and send the offer."""
+        req = auth.request
+        self._request = req
+        cid = self.connection_id
+        assert cid is not None
+        self._signaling_notify = auth.signaling_notify
         member = Member(
             connection_id=cid,
             channel_id=req.channel_id,
@@ -309,8 +402,12 @@ class SignalingSession:
             role=req.role,
             audio=req.audio,
             video=req.video,
-            sink=self,
+            handle=self,
             notify_metadata=req.signaling_notify_metadata,
+            authz_metadata=auth.authz_metadata,
+            audio_codec_type=req.audio_codec_type if req.audio else None,
+            video_codec_type=req.video_codec_type if req.video else None,
+            video_bit_rate=req.video_bit_rate if req.video else None,
         )
         channel = self.hub.registry.join(member)
         self._member = member
@@ -338,10 +435,15 @@ class SignalingSession:
                 session_id=channel.session_id,
                 audio_mid=created.audio_mid,
                 video_mid=created.video_mid,
+                metadata=auth.authz_metadata,
             )
         )
         self.state = SessionState.OFFER_SENT
         self._setup_deadline = self._loop.time() + self.settings.answer_timeout
+        if auth.connection_lifetime is not None:
+            self._lifetime_timer = self._loop.call_later(
+                auth.connection_lifetime, self.server_disconnect, close_codes.LIFETIME_EXPIRED
+            )
         self.log.debug("offer sent (audio mid %s, video mid %s)", created.audio_mid, created.video_mid)
 
     def _on_answer(self, msg: dict[str, Any]) -> None:
@@ -375,7 +477,7 @@ class SignalingSession:
             raise SignalingError(str(exc) or "the SFU refused the SDP") from None
 
     def _on_candidate(self, msg: dict[str, Any]) -> None:
-        if self.state is SessionState.WS_OPEN:
+        if self.state in (SessionState.WS_OPEN, SessionState.AUTHING):
             raise self._unexpected(msg)
         cand = validate_candidate(msg)
         if cand is None:
@@ -419,9 +521,11 @@ class SignalingSession:
         self.state = SessionState.CONNECTED
         self.log.info("connected; %d connection(s) in the channel", channel.counts()["channel_connections"])
         for member in channel.connected_members():
-            member.sink.send_message(messages.connection_created(channel, me, for_self=member is me))
+            member.handle.notify(messages.connection_created(channel, me, for_self=member is me))
         self._last_pong = self._loop.time()
         self._ping_task = asyncio.create_task(self._pinger(), name="signaling-ping")
+        if self.settings.notify_update_interval > 0:
+            self._update_task = asyncio.create_task(self._updater(), name="signaling-updated")
 
     def on_offer(self, sdp: str) -> None:
         """The Sfu renegotiates: forward as ``re-offer`` (held until the answer is in)."""
@@ -451,7 +555,73 @@ class SignalingSession:
         """Handling a data plane event failed (already logged): close this session only."""
         self.close(close_codes.INTERNAL_ERROR, "internal error")
 
-    # -- keep-alive ----------------------------------------------------------------------
+    # -- what the rest of the server does to this connection (channel.ConnectionHandle) ----
+
+    def notify(self, message: dict[str, Any]) -> None:
+        """Deliver a ``notify`` (dropped when authentication turned notifies off for this connection).
+
+        Hook for DataChannel signaling: once switched, notifies go on the
+        ``notify`` data channel instead of the WebSocket.
+        """
+        if self._signaling_notify:
+            self.send_message(message)
+
+    def push(self, data: dict[str, Any]) -> None:
+        """Deliver ``{"type": "push", "data": data}`` (HTTP API Push*).
+
+        Hook for DataChannel signaling: once switched, pushes go on the
+        ``push`` data channel instead of the WebSocket.
+        """
+        self.send_message(messages.push(data))
+
+    def server_disconnect(self, reason: str) -> None:
+        """End the connection from the server side, successfully: HTTP API Disconnect*, lifetime.
+
+        Over WebSocket signaling that is a close frame 1000 ``reason``
+        (``DISCONNECTED-API``, ``LIFETIME-EXPIRED``), which the official
+        client reports as ``CLOSE_SUCCEEDED`` with the reason in the message.
+
+        Hook for DataChannel signaling: once switched, this must instead send
+        ``{"type": "close", "code": 1000, "reason": reason}`` on the
+        ``signaling`` data channel, then close every data channel (the client
+        waits for that without a timeout, sora-signaling.md §3.3), then the
+        WebSocket if it is still open.
+        """
+        self.log.info("disconnected by the server: %s", reason)
+        self.close(close_codes.NORMAL, reason)
+
+    def _stop_timers(self) -> None:
+        """Cancel every task and timer of this session except the reader/writer. Idempotent."""
+        current = asyncio.current_task()
+        for task in (self._admit_task, self._ping_task, self._update_task):
+            # A task that closes its own session (auth rejection, ping
+            # timeout) ends by itself right after.
+            if task is not None and task is not current and not task.done():
+                task.cancel()
+        if self._lifetime_timer is not None:
+            self._lifetime_timer.cancel()
+            self._lifetime_timer = None
+
+    # -- keep-alive and periodic notifies ------------------------------------------------
+
+    async def _updater(self) -> None:
+        """Send this connection's ``connection.updated`` to its channel every interval."""
+        interval = self.settings.notify_update_interval
+        try:
+            while self.state is SessionState.CONNECTED:
+                await asyncio.sleep(interval)
+                if self.state is not SessionState.CONNECTED or self.connection_id is None:
+                    return
+                channel = self.hub.registry.channel_of(self.connection_id)
+                if channel is None:
+                    return
+                me = channel.members[self.connection_id]
+                _broadcast_notify(channel, messages.connection_updated(channel, me))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            self.log.exception("connection.updated loop failed")
+            self.close(close_codes.INTERNAL_ERROR, "internal error")
 
     async def _pinger(self) -> None:
         try:
@@ -468,3 +638,9 @@ class SignalingSession:
         except Exception:
             self.log.exception("ping loop failed")
             self.close(close_codes.INTERNAL_ERROR, "internal error")
+
+
+def _broadcast_notify(channel: Channel, message: dict[str, Any]) -> None:
+    """Deliver ``message`` to every connected member of ``channel``."""
+    for member in channel.connected_members():
+        member.handle.notify(message)
