@@ -64,8 +64,14 @@ def assert_offer_types(offer: dict[str, Any]) -> None:
     assert set(offer["mid"]) <= {"audio", "video"}
     assert all(isinstance(v, str) for v in offer["mid"].values())
     assert offer["multistream"] is True
-    for name in ("simulcast", "spotlight", "data_channel_signaling", "ignore_disconnect_websocket"):
+    for name in ("simulcast", "spotlight"):
         assert offer[name] is False, name
+    for name in ("data_channel_signaling", "ignore_disconnect_websocket"):
+        assert isinstance(offer[name], bool), name
+    for entry in offer.get("data_channels", []):
+        # The C++ client reads these with throwing accessors (§5.3).
+        assert isinstance(entry["label"], str) and isinstance(entry["compress"], bool), entry
+        assert entry["direction"] in ("sendrecv", "sendonly", "recvonly"), entry
     assert isinstance(offer["audio"], bool) and isinstance(offer["video"], bool)
     if offer["audio"]:
         assert offer["audio_codec_type"] == "OPUS"
@@ -191,7 +197,7 @@ def test_client_and_bundle_id_are_echoed(server: ServerProcess) -> None:
 
 
 def test_unsupported_features_are_answered_as_off(server: ServerProcess) -> None:
-    """simulcast/spotlight/DC signaling are not implemented yet: the offer says so, the client carries on."""
+    """simulcast/spotlight are not implemented yet: the offer says so; DC signaling is granted."""
 
     async def go() -> dict[str, Any]:
         ws, offer = await connect_and_get_offer(
@@ -214,6 +220,10 @@ def test_unsupported_features_are_answered_as_off(server: ServerProcess) -> None
 
     offer = run(go())
     assert_offer_types(offer)
+    assert offer["simulcast"] is False and offer["spotlight"] is False
+    assert offer["data_channel_signaling"] is True and offer["ignore_disconnect_websocket"] is True
+    labels = [d["label"] for d in offer["data_channels"]]
+    assert labels == ["signaling", "notify", "push", "stats", "#chat"], labels
 
 
 def test_session_id_per_channel(server: ServerProcess) -> None:

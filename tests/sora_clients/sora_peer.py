@@ -20,7 +20,11 @@ stdout: one JSON object per line, ``{"event": ..., "t": seconds since start, ...
 * ``stats`` ``{rtp}`` - the inbound-rtp/outbound-rtp entries of ``get_stats()``
 * ``error`` ``{message}``, and ``exit`` ``{reason}`` last.
 
-stdin: ``stats`` reports ``get_stats()``; ``disconnect`` makes it call
+* ``data_channel`` ``{label}``, ``message`` ``{label, data}`` (latin-1 text),
+  ``switched`` ``{message}``, ``sent`` ``{label, ok}``
+
+stdin: ``send LABEL TEXT`` calls ``send_data_channel``;
+``stats`` reports ``get_stats()``; ``disconnect`` makes it call
 ``conn.disconnect()`` and exit; end of input or ``--duration`` seconds also
 end it (after a disconnect).
 
@@ -101,6 +105,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frequency", type=float, default=440.0)
     p.add_argument("--counter-base", type=int, default=0)
     p.add_argument("--duration", type=float, default=60.0, help="hard limit on the whole run")
+    p.add_argument("--data-channel-signaling", action="store_true")
+    p.add_argument("--ignore-disconnect-websocket", choices=["true", "false"])
+    p.add_argument(
+        "--data-channel",
+        action="append",
+        default=[],
+        help="LABEL:DIRECTION[:compress][:header] (repeatable), a messaging channel to ask for",
+    )
     return p.parse_args(argv)
 
 
@@ -127,6 +139,21 @@ class Peer:
             value = getattr(args, name)
             if value is not None:
                 kwargs[name] = value
+        if args.data_channel_signaling:
+            kwargs["data_channel_signaling"] = True
+        if args.ignore_disconnect_websocket is not None:
+            kwargs["ignore_disconnect_websocket"] = args.ignore_disconnect_websocket == "true"
+        if args.data_channel:
+            channels = []
+            for spec in args.data_channel:
+                label, direction, *flags = spec.split(":")
+                entry: dict[str, Any] = {"label": label, "direction": direction}
+                if "compress" in flags:
+                    entry["compress"] = True
+                if "header" in flags:
+                    entry["header"] = [{"type": "sender_connection_id"}]
+                channels.append(entry)
+            kwargs["data_channels"] = channels
         self.conn = self.sora.create_connection(
             signaling_urls=args.url,
             role=args.role,
@@ -143,6 +170,9 @@ class Peer:
         self.conn.on_ws_close = lambda code, reason: emit("ws_close", code=code, reason=reason)
         self.conn.on_disconnect = self.on_disconnect
         self.conn.on_signaling_message = self.on_signaling_message
+        self.conn.on_data_channel = lambda label: emit("data_channel", label=label)
+        self.conn.on_message = lambda label, data: emit("message", label=label, data=data.decode("latin-1"))
+        self.conn.on_switched = lambda text: emit("switched", message=json.loads(text))
 
     # -- callbacks (sora-sdk threads) -------------------------------------------------------
 
@@ -264,6 +294,11 @@ class Peer:
                 break
             if command == "stats":
                 self.report_stats()
+            if command.startswith("send "):
+                # send LABEL TEXT
+                _, label, text = command.split(" ", 2)
+                ok = self.conn.send_data_channel(label, text.encode())
+                emit("sent", label=label, ok=bool(ok))
         self.stop.set()
 
     def report_stats(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import logging
 from typing import Any
 
@@ -29,6 +31,8 @@ class Hub:
         self.bridge = SfuBridge(settings)
         self.registry = ChannelRegistry()
         self.sessions: set[SignalingSession] = set()
+        self.background: set[asyncio.Task[None]] = set()
+        """Tasks of DataChannel-only sessions, whose WebSocket is gone."""
         self.authenticator = Authenticator(settings)
 
     async def serve_signaling(self, websocket: WebSocket) -> None:

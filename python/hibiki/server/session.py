@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import inspect
+import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from hibiki._log import ConnectionLogger
 from hibiki.server import close_codes, messages
 from hibiki.server.auth import AuthError, AuthResult
 from hibiki.server.channel import Channel, Member
+from hibiki.server.datachannel import SYSTEM_LABELS, DataChannelPlan
 from hibiki.server.ids import new_connection_id
 from hibiki.server.placement import PLACEMENT_TIMEOUT_S, check_location
 from hibiki.server.validation import (
@@ -60,6 +62,8 @@ _logger = logging.getLogger("hibiki.server.session")
 # How long to wait for the client's half of the closing handshake (or for our
 # close frame to get out) before dropping the TCP connection.
 _CLOSE_WAIT_S = 5.0
+# How long the data channels' closing gets before the connection is torn down.
+_DC_GOODBYE_S = 0.5
 # Candidates trickled before the answer are kept until it arrives; bound them.
 _MAX_PENDING_CANDIDATES = 64
 # A client that does not read its socket makes the outbox grow; past this many
@@ -117,6 +121,14 @@ class SignalingSession:
         self._update_task: asyncio.Task[None] | None = None
         self._lifetime_timer: asyncio.TimerHandle | None = None
         self._signaling_notify = True
+        # DataChannel signaling (sora-signaling.md §3.2/§3.3).
+        self._dc: DataChannelPlan | None = None
+        self._dc_open: set[str] = set()
+        self._switched = False
+        self._ws_open = True
+        self._dc_closing = False
+        self._reoffer_outstanding = False
+        self._ended = asyncio.Event()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "connect": self._on_connect,
             "answer": self._on_answer,
@@ -140,19 +152,34 @@ class SignalingSession:
             self.log.debug("websocket gone before accept: %r", exc)
             return
         writer = asyncio.create_task(self._writer(), name="signaling-writer")
+        detached = False
         try:
             await self._reader()
+            if self._dc_only:
+                # ignore_disconnect_websocket: the client dropped the socket on
+                # purpose and goes on over data channels. The WebSocket's
+                # request ends here (a server shutdown must not wait for it);
+                # the session lives on in a task of its own.
+                detached = True
+                writer.cancel()
+                self.hub.sessions.add(self)
+                task = asyncio.create_task(self._live_on_data_channels(), name="signaling-datachannels")
+                self.hub.background.add(task)
+                task.add_done_callback(self.hub.background.discard)
+                return
         except Exception:
             # A bug in this session: keep it to this session.
             self.log.exception("signaling session failed")
             self.close(close_codes.INTERNAL_ERROR, "internal error")
         finally:
-            self.state = SessionState.CLOSING
-            self._leave("websocket closed")
-            if self._close_frame is not None and not writer.done():
-                # Let the close frame out (bounded: the client may not be reading).
-                await asyncio.wait({writer}, timeout=_CLOSE_WAIT_S)
-            writer.cancel()
+            # Once detached, the data channel task owns the ending.
+            if not detached:
+                self.state = SessionState.CLOSING
+                self._leave("websocket closed")
+                if self._close_frame is not None and not writer.done():
+                    # Let the close frame out (bounded: the client may not be reading).
+                    await asyncio.wait({writer}, timeout=_CLOSE_WAIT_S)
+                writer.cancel()
 
     async def _reader(self) -> None:
         connect_deadline = self._loop.time() + self.settings.connect_timeout
@@ -234,14 +261,44 @@ class SignalingSession:
         else:
             # A client's mistake or a network failure, not a server problem.
             self.log.info("closing: %d %s (state %s)", code, reason, self.state.value)
+        if self._switched and not self._dc_closing:
+            # §3.3: over DataChannel signaling the client learns the end from
+            # a `close` message on `signaling`, then waits (without a
+            # timeout) for every data channel to close.
+            self._dc_closing = True
+            self._dc_send("signaling", {"type": "close", "code": code, "reason": reason})
+            self._close_channels()
+            if not self._ws_open:
+                self._close_frame = _CloseFrame(code, reason)
+                self.state = SessionState.CLOSING
+                self._leave_soon(reason)
+                return
         self._close_frame = _CloseFrame(code, reason)
         self.state = SessionState.CLOSING
         self._leave(reason)
         self._outbox.put_nowait(self._close_frame)
 
+    async def _live_on_data_channels(self) -> None:
+        """Keep a DataChannel-only session until it ends (client, API, ICE or shutdown)."""
+        try:
+            await self._ended.wait()
+        finally:
+            self.hub.sessions.discard(self)
+
+    @property
+    def _dc_only(self) -> bool:
+        """Switched with ignore_disconnect_websocket and the socket is gone."""
+        return self._switched and not self._ws_open and not self._left
+
     def _on_ws_disconnect(self, code: int | None, reason: str | None) -> None:
+        self._ws_open = False
         if self._close_frame is not None:
             return  # the end of a close we started
+        if self._switched and self._request is not None and self._request.ignore_disconnect_websocket:
+            # §3.3: the official client closes TCP right after `switched`,
+            # without a close frame. Not a disconnect.
+            self.log.info("websocket closed after switched (ignore_disconnect_websocket); going on over data channels")
+            return
         if code == 1012:
             self.log.info("websocket closed: the server is shutting down")
         elif self._frames_received == 0:
@@ -258,6 +315,7 @@ class SignalingSession:
         if self._left:
             return
         self._left = True
+        self._ended.set()
         self._stop_timers()
         cid = self.connection_id
         if cid is None:
@@ -411,6 +469,8 @@ class SignalingSession:
         )
         channel = self.hub.registry.join(member)
         self._member = member
+        plan = DataChannelPlan(signaling=req.data_channel_signaling, messaging=list(req.data_channels))
+        self._dc = plan if plan else None
         try:
             created = self.hub.bridge.sfu.create_connection(
                 req.channel_id,
@@ -420,24 +480,30 @@ class SignalingSession:
                 recv=req.recv,
                 video_codec=req.video_codec_type,
                 audio_codec=req.audio_codec_type,
+                data_channels=plan.sfu_specs() if plan else None,
             )
         except ValueError as exc:
             raise SignalingError(str(exc) or "the SFU refused the connection") from None
         self._sfu_has_connection = True
         self.hub.bridge.register(cid, self)
-        self.send_message(
-            messages.offer(
-                request=req,
-                sdp=created.sdp,
-                connection_id=cid,
-                client_id=member.client_id,
-                bundle_id=member.bundle_id,
-                session_id=channel.session_id,
-                audio_mid=created.audio_mid,
-                video_mid=created.video_mid,
-                metadata=auth.authz_metadata,
-            )
+        offer = messages.offer(
+            request=req,
+            sdp=created.sdp,
+            connection_id=cid,
+            client_id=member.client_id,
+            bundle_id=member.bundle_id,
+            session_id=channel.session_id,
+            audio_mid=created.audio_mid,
+            video_mid=created.video_mid,
+            metadata=auth.authz_metadata,
         )
+        if plan:
+            offer["data_channel_signaling"] = plan.signaling
+            offer["ignore_disconnect_websocket"] = plan.signaling and req.ignore_disconnect_websocket
+            # Every label we open, system ones included: the C++ client only
+            # knows labels listed here (§5.3).
+            offer["data_channels"] = plan.offer_entries()
+        self.send_message(offer)
         self.state = SessionState.OFFER_SENT
         self._setup_deadline = self._loop.time() + self.settings.answer_timeout
         if auth.connection_lifetime is not None:
@@ -461,13 +527,16 @@ class SignalingSession:
         if self._pending_reoffer is not None:
             sdp, self._pending_reoffer = self._pending_reoffer, None
             self.log.info("re-offer sent (held back until the answer)")
+            self._reoffer_outstanding = True
             self.send_message(messages.re_offer(sdp))
 
     def _on_reanswer(self, msg: dict[str, Any]) -> None:
         if self.state not in (SessionState.NEGOTIATED, SessionState.CONNECTED):
             raise self._unexpected(msg)
         self._accept_answer(validate_sdp_message(msg))
+        self._reoffer_outstanding = False
         self.log.info("re-answer accepted")
+        self._maybe_switch()
 
     def _accept_answer(self, sdp: str) -> None:
         assert self.connection_id is not None
@@ -504,6 +573,16 @@ class SignalingSession:
     def _on_disconnect(self, msg: dict[str, Any]) -> None:
         reason = msg.get("reason")
         self.log.info("client disconnect%s", f" ({reason})" if isinstance(reason, str) else "")
+        if self._switched:
+            # The client ends it: no `close` message, but the data channels
+            # must close (DC-only mode waits for exactly that) and, in
+            # hybrid mode, the WebSocket with 1000 TYPE-DISCONNECT (§3.2).
+            self._dc_closing = True
+            self._close_channels()
+            if not self._ws_open:
+                self.state = SessionState.CLOSING
+                self._leave_soon(close_codes.TYPE_DISCONNECT)
+                return
         self.close(close_codes.NORMAL, close_codes.TYPE_DISCONNECT)
 
     # -- data plane events (called by SfuBridge) ---------------------------------------
@@ -535,8 +614,13 @@ class SignalingSession:
             self.log.info("re-offer held until the answer")
             self._pending_reoffer = sdp
         elif self.state in (SessionState.NEGOTIATED, SessionState.CONNECTED):
-            self.log.info("re-offer sent")
-            self.send_message(messages.re_offer(sdp))
+            self._reoffer_outstanding = True
+            if self._switched and "signaling" in self._dc_open:
+                self.log.info("re-offer sent over the signaling data channel")
+                self._dc_send("signaling", messages.re_offer(sdp))
+            else:
+                self.log.info("re-offer sent")
+                self.send_message(messages.re_offer(sdp))
         else:
             self.log.debug("re-offer dropped in state %s", self.state.value)
 
@@ -555,6 +639,114 @@ class SignalingSession:
         """Handling a data plane event failed (already logged): close this session only."""
         self.close(close_codes.INTERNAL_ERROR, "internal error")
 
+    # -- data channels --------------------------------------------------------------------
+
+    def on_channel_open(self, label: str) -> None:
+        """A data channel we opened is up; switch once the system ones are."""
+        self._dc_open.add(label)
+        self.log.debug("data channel %s open", label)
+        self._maybe_switch()
+
+    def on_channel_close(self, label: str) -> None:
+        self._dc_open.discard(label)
+        self.log.debug("data channel %s closed", label)
+        if self._dc_only and not self._dc_open and not self._dc_closing:
+            # DataChannel-only and the client closed every channel: nothing
+            # left to talk on.
+            self.log.info("all data channels closed by the client")
+            self._dc_closing = True
+            self.state = SessionState.CLOSING
+            self._leave_soon("data channels closed")
+
+    def _leave_soon(self, why: str) -> None:
+        """Leave after the data channels' stream resets had time to reach the client.
+
+        Our side reports a channel closed as soon as it queued the reset;
+        tearing the connection down right then would lose the reset, and a
+        DataChannel-only client waits for exactly those (sora-signaling.md §3.3).
+        """
+        self._loop.call_later(_DC_GOODBYE_S, self._leave, why)
+
+    def _maybe_switch(self) -> None:
+        """Send `switched` when every system channel is open and no WebSocket
+        re-offer is outstanding (its answer would be ambiguous, §4.2)."""
+        if (
+            self._switched
+            or self._dc is None
+            or not self._dc.signaling
+            or self.state is not SessionState.CONNECTED
+            or self._reoffer_outstanding
+            or not self._ws_open
+            or not all(label in self._dc_open for label in SYSTEM_LABELS)
+        ):
+            return
+        assert self._request is not None
+        self._switched = True
+        ignore = self._request.ignore_disconnect_websocket
+        self.send_message({"type": "switched", "ignore_disconnect_websocket": ignore})
+        self.log.info("switched to data channel signaling (ignore_disconnect_websocket=%s)", ignore)
+
+    def on_channel_data(self, label: str, data: bytes) -> None:
+        """A message on `signaling`, `stats` or `rpc` (messaging labels never get here)."""
+        if self._dc is None or self._left:
+            return
+        try:
+            payload = self._dc.decode(label, data)
+        except ValueError as exc:
+            self.log.warning("dropped a data channel message: %s", exc)
+            return
+        if label == "rpc":
+            self._on_rpc(payload)
+            return
+        try:
+            msg = parse_message(payload.decode("utf-8", errors="replace"))
+        except SignalingError as exc:
+            self.log.warning("bad message on data channel %s: %s", label, exc.reason)
+            return
+        kind = msg["type"]
+        try:
+            if label == "signaling" and kind == "re-answer":
+                self._on_reanswer(msg)
+            elif label == "signaling" and kind == "disconnect":
+                self._on_disconnect(msg)
+            elif label == "stats" and kind == "stats":
+                self._on_pong(msg)
+            else:
+                self.log.debug("ignoring %s on data channel %s", kind, label)
+        except SignalingError as exc:
+            self.close(exc.code, exc.reason)
+
+    def _on_rpc(self, payload: bytes) -> None:
+        """No RPC methods yet: answer requests with JSON-RPC 'method not found'."""
+        try:
+            req = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(req, dict) and "id" in req:
+            self._dc_send(
+                "rpc",
+                {"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32601, "message": "Method not found"}},
+            )
+
+    def _dc_send(self, label: str, message: dict[str, Any]) -> None:
+        """Send a JSON message on one of our data channels (compressed if the label is)."""
+        if self._dc is None or self.connection_id is None or label not in self._dc_open:
+            return
+        data = self._dc.encode(label, messages.dumps(message).encode())
+        try:
+            if not self.hub.bridge.sfu.send_data(self.connection_id, label, data):
+                self.log.warning("data channel %s is full; message dropped", label)
+        except Exception as exc:
+            self.log.debug("data channel %s send failed: %s", label, exc)
+
+    def _close_channels(self) -> None:
+        if self._dc is None or self.connection_id is None or not self._sfu_has_connection:
+            return
+        try:
+            self.hub.bridge.sfu.close_channels(self.connection_id)
+        except Exception as exc:
+            self.log.debug("close_channels failed: %s", exc)
+
     # -- what the rest of the server does to this connection (channel.ConnectionHandle) ----
 
     def notify(self, message: dict[str, Any]) -> None:
@@ -563,7 +755,11 @@ class SignalingSession:
         Hook for DataChannel signaling: once switched, notifies go on the
         ``notify`` data channel instead of the WebSocket.
         """
-        if self._signaling_notify:
+        if not self._signaling_notify:
+            return
+        if self._switched:
+            self._dc_send("notify", message)
+        else:
             self.send_message(message)
 
     def push(self, data: dict[str, Any]) -> None:
@@ -572,7 +768,10 @@ class SignalingSession:
         Hook for DataChannel signaling: once switched, pushes go on the
         ``push`` data channel instead of the WebSocket.
         """
-        self.send_message(messages.push(data))
+        if self._switched:
+            self._dc_send("push", messages.push(data))
+        else:
+            self.send_message(messages.push(data))
 
     def server_disconnect(self, reason: str) -> None:
         """End the connection from the server side, successfully: HTTP API Disconnect*, lifetime.
@@ -629,6 +828,9 @@ class SignalingSession:
                 await asyncio.sleep(self.settings.ping_interval)
                 if self.state is not SessionState.CONNECTED:
                     return
+                if not self._ws_open:
+                    # DataChannel-only: ICE consent tells us if the client is gone.
+                    continue
                 if self._loop.time() - self._last_pong > self.settings.ping_timeout:
                     self.close(close_codes.PING_TIMEOUT, "ping timeout")
                     return

@@ -42,6 +42,15 @@ class ConnectionEvents(Protocol):
     def on_track_published(self, event: Event) -> None:
         """An upstream track of the connection was negotiated."""
 
+    def on_channel_open(self, label: str) -> None:
+        """A data channel the server opened is open."""
+
+    def on_channel_data(self, label: str, data: bytes) -> None:
+        """A message on a non-messaging data channel (signaling, stats, rpc...)."""
+
+    def on_channel_close(self, label: str) -> None:
+        """A data channel closed."""
+
     def on_internal_error(self, exc: BaseException) -> None:
         """Handling one of the above raised: the session must close itself (1011)."""
 
@@ -144,6 +153,12 @@ class SfuBridge:
                 handler.on_closed(event.reason)
             elif event.kind == "track_published":
                 handler.on_track_published(event)
+            elif event.kind == "channel_open":
+                handler.on_channel_open(event.label or "")
+            elif event.kind == "channel_data":
+                handler.on_channel_data(event.label or "", event.data or b"")
+            elif event.kind == "channel_close":
+                handler.on_channel_close(event.label or "")
             else:
                 clog.debug("ignoring event %s", event.kind)
         except Exception as exc:

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from hibiki.server import close_codes
+
+if TYPE_CHECKING:
+    from hibiki.server.datachannel import ChannelEntry
 
 __all__ = [
     "ABSENT",
@@ -91,6 +94,8 @@ class ConnectRequest:
     spotlight: bool = False
     data_channel_signaling: bool = False
     ignore_disconnect_websocket: bool = False
+    data_channels: tuple[ChannelEntry, ...] = ()
+    """Messaging channels (``#`` labels) the client asked for."""
     redirect: bool = False
     sora_client: str | None = None
     environment: str | None = None
@@ -301,7 +306,10 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
 
     data_channel_signaling = bool(_opt_bool(msg, "data_channel_signaling"))
     ignore_disconnect_websocket = bool(_opt_bool(msg, "ignore_disconnect_websocket"))
-    _opt_type(msg, "data_channels", list, "array")
+    # Imported here: datachannel imports SignalingError from this module.
+    from hibiki.server.datachannel import parse_data_channels
+
+    data_channels = tuple(parse_data_channels(msg.get("data_channels")))
     _opt_type(msg, "forwarding_filter", dict, "object")
     _opt_type(msg, "forwarding_filters", list, "array")
     _opt_str(msg, "audio_streaming_language_code")
@@ -315,8 +323,6 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
         for name, wanted in (
             ("simulcast", simulcast),
             ("spotlight", spotlight),
-            ("data_channel_signaling", data_channel_signaling),
-            ("data_channels", bool(msg.get("data_channels"))),
             ("forwarding_filters", "forwarding_filters" in msg or "forwarding_filter" in msg),
         )
         if wanted
@@ -339,6 +345,7 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
         spotlight=spotlight,
         data_channel_signaling=data_channel_signaling,
         ignore_disconnect_websocket=ignore_disconnect_websocket,
+        data_channels=data_channels,
         redirect=redirect,
         sora_client=_opt_str(msg, "sora_client"),
         environment=_opt_str(msg, "environment"),
