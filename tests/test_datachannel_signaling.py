@@ -140,3 +140,16 @@ def test_api_push_and_disconnect_over_data_channels(server: ServerProcess, ignor
         done = sora.wait_disconnect(15)
         assert done["code"] == "CLOSE_SUCCEEDED", done
         assert "DISCONNECTED-API" in done["message"], done
+
+
+def test_req_stats_over_the_stats_channel(server_factory: Any) -> None:
+    """After switched the server asks for stats on `stats`; sora-sdk answers there with W3C reports."""
+    server = server_factory("--ping-interval", "0.5")
+    channel = new_channel_id()
+    with SoraPeer.start(server.signaling_url, "sendonly", channel, "--send", *dc_args(False), name="sora") as sora:
+        sora.wait_connected()
+        sora.wait_for(lambda e: e["event"] == "switched", 15, "switched")
+        wait(lambda: "stats over the data channel" in server.log_text(), 10, "a stats report over the data channel")
+        line = next(x for x in server.log_text().splitlines() if "stats over the data channel" in x)
+        assert int(line.rsplit(":", 1)[1].split()[0]) > 0, line
+        sora.disconnect()

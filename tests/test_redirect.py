@@ -131,3 +131,30 @@ def test_sora_sdk_follows_the_redirect(pair: tuple[ServerProcess, ServerProcess]
         assert event["code"] == "CLOSE_SUCCEEDED", event
         peer.assert_clean_exit()
     wait_until(lambda: b.health()["connections"] == 0, 5, "the connection to leave B")
+
+
+def test_hibiki_client_follows_the_redirect_and_races_urls(pair: tuple[ServerProcess, ServerProcess]) -> None:
+    """The Hibiki SDK races its signaling URLs (one dead), is redirected from A, and connects on B."""
+    import socket
+
+    import hibiki
+
+    a, b = pair
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"ws://127.0.0.1:{s.getsockname()[1]}/signaling"  # nothing listens there
+    channel = "moved-" + new_channel_id()
+    sdk = hibiki.Hibiki()
+    conn = sdk.create_connection([dead, a.signaling_url], role="recvonly", channel_id=channel)
+    seen: list[tuple[str, str]] = []
+    conn.on_signaling_message = lambda kind, direction, text: seen.append((direction.name, json.loads(text)["type"]))
+    conn.connect()
+    try:
+        assert b.health()["connections"] == 1 and a.health()["connections"] == 0
+        assert conn.connection_id is not None and conn.connection_id in b.log_text()
+        received = [t for d, t in seen if d == "RECEIVED"]
+        assert received[:2] == ["redirect", "offer"], seen
+        assert [t for d, t in seen if d == "SENT"].count("connect") == 2, seen
+    finally:
+        conn.disconnect()
+    wait_until(lambda: b.health()["connections"] == 0, 5, "the connection to leave B")

@@ -223,7 +223,7 @@ def test_unsupported_features_are_answered_as_off(server: ServerProcess) -> None
     assert offer["simulcast"] is False and offer["spotlight"] is False
     assert offer["data_channel_signaling"] is True and offer["ignore_disconnect_websocket"] is True
     labels = [d["label"] for d in offer["data_channels"]]
-    assert labels == ["signaling", "notify", "push", "stats", "#chat"], labels
+    assert labels == ["signaling", "notify", "push", "stats", "rpc", "#chat"], labels
 
 
 def test_session_id_per_channel(server: ServerProcess) -> None:

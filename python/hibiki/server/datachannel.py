@@ -22,6 +22,8 @@ __all__ = ["SYSTEM_LABELS", "ChannelEntry", "DataChannelPlan", "parse_data_chann
 
 SYSTEM_LABELS: Final = ("signaling", "notify", "push", "stats")
 """Opened for every DataChannel-signaling connection; ``switched`` waits for them."""
+RPC_LABEL: Final = "rpc"
+"""Also opened (JSON-RPC 2.0, sora-signaling.md §9); not needed for ``switched``."""
 
 DIRECTIONS: Final = ("sendrecv", "sendonly", "recvonly")
 MAX_LABEL_BYTES: Final = 255
@@ -117,12 +119,12 @@ class DataChannelPlan:
 
     >>> plan = DataChannelPlan(signaling=True, messaging=[ChannelEntry("#chat")])
     >>> [d["label"] for d in plan.offer_entries()]
-    ['signaling', 'notify', 'push', 'stats', '#chat']
+    ['signaling', 'notify', 'push', 'stats', 'rpc', '#chat']
     """
 
     def __init__(self, *, signaling: bool, messaging: list[ChannelEntry]) -> None:
         self.signaling = signaling
-        system = [ChannelEntry(label) for label in SYSTEM_LABELS] if signaling else []
+        system = [ChannelEntry(label) for label in (*SYSTEM_LABELS, RPC_LABEL)] if signaling else []
         self.entries: dict[str, ChannelEntry] = {e.label: e for e in [*system, *messaging]}
 
     def __bool__(self) -> bool:

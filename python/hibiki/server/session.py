@@ -129,6 +129,8 @@ class SignalingSession:
         self._dc_closing = False
         self._reoffer_outstanding = False
         self._ended = asyncio.Event()
+        self.last_stats: list[Any] | None = None
+        """The client's latest W3C stats report (``stats`` over the data channel)."""
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "connect": self._on_connect,
             "answer": self._on_answer,
@@ -711,6 +713,11 @@ class SignalingSession:
                 self._on_disconnect(msg)
             elif label == "stats" and kind == "stats":
                 self._on_pong(msg)
+                reports = msg.get("reports")
+                if isinstance(reports, list):
+                    if self.last_stats is None:
+                        self.log.info("stats over the data channel: %d report entries", len(reports))
+                    self.last_stats = reports
             else:
                 self.log.debug("ignoring %s on data channel %s", kind, label)
         except SignalingError as exc:
@@ -828,6 +835,10 @@ class SignalingSession:
                 await asyncio.sleep(self.settings.ping_interval)
                 if self.state is not SessionState.CONNECTED:
                     return
+                if self._switched:
+                    # Ask for the client's stats over the stats channel
+                    # (§5.9); its answer counts as a pong too.
+                    self._dc_send("stats", {"type": "req-stats"})
                 if not self._ws_open:
                     # DataChannel-only: ICE consent tells us if the client is gone.
                     continue
