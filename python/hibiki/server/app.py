@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -64,6 +66,10 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
             # now, so the Sfu is closed with nothing half-done.
             for session in list(hub.sessions):
                 session.close(close_codes.GOING_AWAY, "server shutting down")
+            if hub.background:
+                # DataChannel-only sessions send their `close` and close their
+                # channels before the data plane goes away (bounded).
+                await asyncio.wait(set(hub.background), timeout=2.0)
             hub.bridge.stop()
             await hub.authenticator.aclose()
 

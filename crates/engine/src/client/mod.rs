@@ -74,6 +74,7 @@ impl ClientEngine {
             timers: TimerHeap::new(),
             events,
             connected: connected.clone(),
+            dying: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name("hibiki-client-engine".into())
@@ -193,6 +194,7 @@ struct Worker {
     timers: TimerHeap<u64>,
     events: EventSender,
     connected: Arc<RwLock<HashMap<u64, bool>>>,
+    dying: Vec<u64>,
 }
 
 impl Worker {
@@ -288,6 +290,9 @@ impl Worker {
         };
         if let Some(e) = failure {
             conn.dead.get_or_insert(e);
+        }
+        if conn.dead.is_some() {
+            self.dying.push(handle);
         }
         if conn.connected_changed() {
             if let Ok(mut m) = self.connected.write() {
@@ -397,17 +402,16 @@ impl Worker {
         Ok(answer)
     }
 
+    /// Remove the connections that died since the last turn (no scan of
+    /// every connection: `with_conn` lists the dying ones).
     fn reap(&mut self) {
-        let dead: Vec<(u64, String)> = self
-            .conns
-            .iter()
-            .filter_map(|(h, c)| c.dead.clone().map(|r| (*h, r)))
-            .collect();
-        for (handle, reason) in dead {
-            if let Some(mut c) = self.conns.remove(&handle) {
-                c.peer.disconnect();
-                let _ = self.poll.registry().deregister(&mut c.socket);
-            }
+        while let Some(handle) = self.dying.pop() {
+            let Some(mut c) = self.conns.remove(&handle) else {
+                continue;
+            };
+            let reason = c.dead.clone().unwrap_or_default();
+            c.peer.disconnect();
+            let _ = self.poll.registry().deregister(&mut c.socket);
             self.timers.remove(handle);
             if let Ok(mut m) = self.connected.write() {
                 m.remove(&handle);
