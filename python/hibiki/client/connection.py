@@ -772,8 +772,10 @@ class Connection:
             self._log(logging.WARNING, "DataChannel %r opened but the offer does not list it", label)
             return
         self._log(logging.DEBUG, "DataChannel %r open%s", label, " (zlib)" if info.compress else "")
-        if label.startswith(MESSAGING_PREFIX) and not info.notified:
-            # sora-sdk fires on_data_channel once per listed '#' label (libsora's OnStateChange).
+        if not info.notified:
+            # sora-sdk 2025.4 fires on_data_channel once for every label the
+            # offer lists, system labels included (observed with the real
+            # wheel against hibiki serve: signaling, notify, push, stats, #...).
             info.notified = True
             sdk_loop.dispatch_callback(self.on_data_channel, label, what="on_data_channel")
         if label.startswith(MESSAGING_PREFIX) or label == "rpc":
