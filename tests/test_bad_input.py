@@ -126,6 +126,10 @@ BAD_CONNECTS: list[tuple[str, str, str]] = [
     ),
     ("video codec", _connect(video={"codec_type": "VP7"}), "invalid video.codec_type: "),
     ("audio codec", _connect(audio={"codec_type": "AAC"}), "invalid audio.codec_type: "),
+    ("opus stereo type", _connect(audio={"opus_params": {"stereo": "yes"}}),
+     "invalid audio.opus_params.stereo: must be bool"),
+    ("opus minptime range", _connect(audio={"opus_params": {"minptime": 1000}}),
+     "invalid audio.opus_params.minptime: 1000 is out of range"),
     ("video string", _connect(video="yes"), "invalid video: must be a boolean or an object, got string"),
     ("video bit_rate", _connect(video={"bit_rate": "fast"}), "invalid video.bit_rate: must be an integer"),
     ("audio bit_rate range", _connect(audio={"bit_rate": 9999}), "invalid audio.bit_rate: 9999 is out of range"),
@@ -153,6 +157,29 @@ def test_all_bad_inputs_on_one_server(server: ServerProcess) -> None:
     run(go())
     _expect_offer_still_served(server)
     assert server.health()["connections"] == 0
+
+
+def test_opus_params_shape_the_offer_fmtp(server: ServerProcess) -> None:
+    """``audio.opus_params`` stereo/usedtx reach the offer's Opus fmtp; without them they are absent."""
+
+    async def fmtp(audio: dict[str, object] | bool) -> str:
+        ws = await open_ws(server)
+        await ws.send(_connect(audio=audio))
+        msg = await recv_json(ws)
+        await ws.close()
+        assert msg["type"] == "offer", msg
+        sdp: str = msg["sdp"]
+        pt = next(line.split()[0].split(":")[1] for line in sdp.splitlines()
+                  if line.startswith("a=rtpmap:") and "opus/48000" in line.lower())
+        return next(line for line in sdp.splitlines() if line.startswith(f"a=fmtp:{pt} "))
+
+    async def go() -> None:
+        stereo = await fmtp({"opus_params": {"stereo": True, "sprop_stereo": True, "usedtx": True}})
+        assert "stereo=1" in stereo and "sprop-stereo=1" in stereo and "usedtx=1" in stereo, stereo
+        plain = await fmtp(True)
+        assert "stereo=1" not in plain and "usedtx=1" not in plain, plain
+
+    run(go())
 
 
 def test_unsupported_codec_name_is_refused_cleanly(server: ServerProcess) -> None:

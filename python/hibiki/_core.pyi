@@ -60,6 +60,22 @@ class Event:
     reason: str | None
     label: str | None
     """Data channel label (``channel_*`` events)."""
+    payload_type: int | None
+    """``frame``: the RTP payload type it arrived with."""
+    ssrc: int | None
+    """``frame``: the sender's SSRC (None until str0m has mapped it)."""
+    sequence_number: int | None
+    """``frame``: extended RTP sequence number of the frame's first packet."""
+    audio_level: int | None
+    """``frame`` (audio): RFC 6464 level in -dBov, 0 loudest .. 127 silence."""
+    capture_time_ms: float | None
+    """``frame``: the sender's capture time, ms since the Unix epoch on the sender's
+    clock (abs-capture-time, else the last RTCP sender report). Equal values on an
+    audio and a video frame of one sender mean they were captured together."""
+    picture_id: int | None
+    """``frame`` (VP8/VP9): extended picture id from the payload descriptor."""
+    temporal_index: int | None
+    spatial_index: int | None
 
 class DataChannelSpec(TypedDict, total=False):
     """A data channel the server opens on a connection (for ``Sfu.create_connection``)."""
@@ -76,6 +92,15 @@ class DataChannelSpec(TypedDict, total=False):
     recv: bool  # the client receives others' messages on it (default True)
     header: bool  # prefix forwarded messages with the 26-byte sender connection_id (default False)
     compress: bool  # zlib on this label both ways; forwarding re-compresses per receiver (default False)
+
+class OpusParams(TypedDict, total=False):
+    """Opus fmtp a connection asks for (Sora's ``audio.opus_params``)."""
+
+    stereo: bool
+    sprop_stereo: bool
+    useinbandfec: bool
+    usedtx: bool
+    minptime: int
 
 class CreatedConnection:
     """The result of :meth:`Sfu.create_connection`."""
@@ -123,6 +148,7 @@ class Sfu:
         video_codec: str = "VP8",
         audio_codec: str = "OPUS",
         data_channels: list[DataChannelSpec] | None = None,
+        opus_params: OpusParams | None = None,
     ) -> CreatedConnection:
         """Create a connection in ``channel_id`` and return the server's offer.
 
@@ -130,6 +156,8 @@ class Sfu:
         ``recv``: the client subscribes to the channel's other tracks.
         ``data_channels``: opened by the server once SCTP is up (the offer
         then has an application m-line).
+        ``opus_params``: Sora's ``audio.opus_params``; stereo, sprop_stereo,
+        useinbandfec, usedtx and minptime go into the offer's Opus fmtp.
         Raises ValueError for a duplicate id, an unknown codec or a bad data channel.
         """
     def accept_answer(self, connection_id: str, sdp: str) -> None:
@@ -161,9 +189,22 @@ class ClientEngine:
         """Apply a re-offer and return the re-answer SDP."""
     def add_remote_candidate(self, handle: str, candidate: str) -> None: ...
     def write_frame(
-        self, handle: str, mid: str, codec: str, data: bytes, rtp_time: int
+        self,
+        handle: str,
+        mid: str,
+        codec: str,
+        data: bytes,
+        rtp_time: int,
+        capture_age: float | None = None,
     ) -> bool:
-        """Queue an encoded frame for our track ``mid``. False if not sendable yet (not connected)."""
+        """Queue an encoded frame for our track ``mid``. False if not sendable yet (not connected).
+
+        ``capture_age``: seconds since the frame was captured. RTCP sender reports
+        then tie its RTP time to the capture instant, so receivers can line up
+        audio and video captured together (lip sync)."""
+    def send_info(self, handle: str, mid: str, codec: str) -> tuple[int, int]:
+        """``(payload_type, ssrc)`` that frames of ``codec`` go out with on ``mid``.
+        Raises ValueError before the m-line is negotiated."""
     def request_keyframe(self, handle: str, mid: str) -> None:
         """Send a PLI for the remote track ``mid``."""
     def send_data(self, handle: str, label: str, data: bytes) -> bool:

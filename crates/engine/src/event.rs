@@ -58,6 +58,29 @@ pub struct EngineEvent {
     pub reason: Option<String>,
     /// Data channel label (`channel_*` events).
     pub label: Option<String>,
+    /// What the RTP layer knew about a received frame (`frame` events).
+    pub frame: Option<FrameMeta>,
+}
+
+/// RTP-level facts about a received frame, for encoded-frame transforms
+/// and A/V sync. Everything the receiver can know without the codec.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct FrameMeta {
+    pub payload_type: u8,
+    /// The sender's SSRC, once str0m has mapped it.
+    pub ssrc: Option<u32>,
+    /// Extended sequence number of the frame's first packet.
+    pub sequence_number: u64,
+    /// RFC 6464 level, -dBov (0 loudest .. 127 silence), from the first packet.
+    pub audio_level: Option<i8>,
+    /// When the sender captured the frame, in ms since the Unix epoch on the
+    /// sender's clock: from abs-capture-time when present, else from the
+    /// last RTCP sender report's NTP/RTP pair.
+    pub capture_time_ms: Option<f64>,
+    /// Codec picture id (VP8/VP9 payload descriptor), extended.
+    pub picture_id: Option<u64>,
+    pub temporal_index: Option<u8>,
+    pub spatial_index: Option<u8>,
 }
 
 impl EngineEvent {
@@ -78,6 +101,7 @@ impl EngineEvent {
             bitrate: None,
             reason: None,
             label: None,
+            frame: None,
         }
     }
 }

@@ -18,7 +18,9 @@ use std::time::Instant;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::channel::{ChannelConfig, ChannelId, Reliability};
 use str0m::config::DtlsCert;
-use str0m::format::{Codec, CodecConfig};
+use str0m::format::{Codec, CodecConfig, CodecExtra, PayloadParams};
+
+use crate::event::FrameMeta;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime};
 use str0m::net::{Protocol, Receive};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
@@ -114,6 +116,44 @@ impl ChannelSpec {
     }
 }
 
+/// Opus fmtp parameters a connection asked for (Sora's `audio.opus_params`).
+/// `None` keeps str0m's default for that parameter.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpusFmtp {
+    pub stereo: Option<bool>,
+    pub sprop_stereo: Option<bool>,
+    pub use_inband_fec: Option<bool>,
+    pub use_dtx: Option<bool>,
+    pub min_p_time: Option<u8>,
+}
+
+impl OpusFmtp {
+    fn apply(&self, cfg: &mut CodecConfig) {
+        if *self == OpusFmtp::default() {
+            return;
+        }
+        let params = cfg
+            .params()
+            .iter()
+            .cloned()
+            .map(|p| {
+                if p.spec().codec != Codec::Opus {
+                    return p;
+                }
+                let mut spec = p.spec();
+                let f = &mut spec.format;
+                f.stereo = self.stereo.or(f.stereo);
+                f.sprop_stereo = self.sprop_stereo.or(f.sprop_stereo);
+                f.use_inband_fec = self.use_inband_fec.or(f.use_inband_fec);
+                f.use_dtx = self.use_dtx.or(f.use_dtx);
+                f.min_p_time = self.min_p_time.or(f.min_p_time);
+                PayloadParams::new(p.pt(), p.resend(), spec)
+            })
+            .collect();
+        *cfg = CodecConfig::new_from_payload_params(params);
+    }
+}
+
 /// An RTP packet received in RTP mode, with what forwarding needs.
 #[derive(Debug, Clone)]
 pub struct RtpIn {
@@ -139,6 +179,7 @@ pub struct FrameIn {
     pub keyframe: bool,
     pub contiguous: bool,
     pub data: Arc<[u8]>,
+    pub meta: FrameMeta,
 }
 
 /// What a peer reports, in our vocabulary.
@@ -266,8 +307,10 @@ impl Peer {
         now: Instant,
         ufrag: Option<&str>,
         preferred_video: Option<&str>,
+        opus: OpusFmtp,
     ) -> Peer {
         let mut cfg = Rtc::builder().set_dtls_cert(shared_cert());
+        opus.apply(cfg.codec_config());
         if let Some(codec) = preferred_video.and_then(codec_from_name) {
             let mut params = cfg.codec_config().params().to_vec();
             // Stable: keeps each codec's own order (e.g. H.264 profiles).
@@ -510,6 +553,7 @@ impl Peer {
             }
             Event::MediaData(d) => {
                 let keyframe = d.is_keyframe();
+                let meta = self.frame_meta(&d);
                 let spec = d.params.spec();
                 Some(PeerEvent::Frame(FrameIn {
                     mid: d.mid,
@@ -523,6 +567,7 @@ impl Peer {
                     keyframe,
                     contiguous: d.contiguous,
                     data: d.data,
+                    meta,
                 }))
             }
             Event::KeyframeRequest(r) => Some(PeerEvent::KeyframeRequest(r.mid)),
@@ -541,6 +586,67 @@ impl Peer {
             }
             _ => None,
         }
+    }
+
+    fn frame_meta(&mut self, d: &str0m::media::MediaData) -> FrameMeta {
+        let ssrc = match &d.last_sender_info {
+            Some(sr) => Some(*sr.ssrc),
+            None => self
+                .rtc
+                .direct_api()
+                .stream_rx_by_mid(d.mid, d.rid)
+                .map(|s| *s.ssrc()),
+        };
+        let capture_time_ms = match (&d.ext_vals.abs_capture_time, &d.last_sender_info) {
+            (Some(act), _) => unix_ms(act.capture_time),
+            (None, Some(sr)) => {
+                // RTP timestamps wrap at 32 bits; the frame is near the
+                // report, so the wrapped difference is the real one.
+                let diff = (d.time.numer() as u32).wrapping_sub(sr.rtp_time.numer() as u32) as i32;
+                let rate = d.time.denom().max(1) as f64;
+                unix_ms(sr.ntp_time).map(|ms| ms + diff as f64 * 1000.0 / rate)
+            }
+            (None, None) => None,
+        };
+        let (picture_id, temporal_index, spatial_index) = match &d.codec_extra {
+            CodecExtra::Vp8(e) => (e.picture_id, Some(e.layer_index), None),
+            CodecExtra::Vp9(e) => {
+                let spatial = e.layers_scheme.iter().filter(|l| l.is_some()).count();
+                (e.picture_id, e.tid, spatial.checked_sub(1).map(|s| s as u8))
+            }
+            _ => (None, None, None),
+        };
+        FrameMeta {
+            payload_type: *d.pt,
+            ssrc,
+            sequence_number: **d.seq_range.start(),
+            audio_level: d.ext_vals.audio_level,
+            capture_time_ms,
+            picture_id,
+            temporal_index,
+            spatial_index,
+        }
+    }
+
+    /// Frame mode: the payload type and SSRC our frames of `codec` go out
+    /// with on `mid` (for encoded-frame transforms' metadata).
+    pub fn send_info(&mut self, mid: Mid, codec: &str) -> Result<(u8, u32), String> {
+        let codec = codec_from_name(codec).ok_or_else(|| format!("unknown codec {codec}"))?;
+        let pt = self
+            .rtc
+            .writer(mid)
+            .ok_or_else(|| format!("no sending m-line {mid}"))?
+            .payload_params()
+            .find(|p| p.spec().codec == codec)
+            .map(|p| *p.pt())
+            .ok_or_else(|| format!("codec {} not negotiated on {mid}", codec_name(codec)))?;
+        let ssrc = self
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(mid, None)
+            .map(|s| *s.ssrc())
+            .ok_or_else(|| format!("no send stream on {mid} yet"))?;
+        Ok((pt, ssrc))
     }
 
     /// RTP mode: send one forwarded packet on our sending m-line `mid`.
@@ -681,4 +787,11 @@ pub fn random_token(len: usize) -> String {
     (0..len)
         .map(|_| ALPHABET[fastrand::usize(..ALPHABET.len())] as char)
         .collect()
+}
+
+/// Milliseconds since the Unix epoch, None for a time before it.
+fn unix_ms(t: std::time::SystemTime) -> Option<f64> {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs_f64() * 1000.0)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use engine::client::ClientEngine;
 use engine::event::{EngineEvent, EventKind};
-use engine::sfu::{ChannelSpec, ConnectionSpec, DataChannelSpec, Sfu};
+use engine::sfu::{ChannelSpec, ConnectionSpec, DataChannelSpec, OpusFmtp, Sfu};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -40,6 +40,7 @@ impl Rig {
                 send_video: send,
                 recv,
                 video_codec: "VP8".into(),
+                opus: Default::default(),
                 data_channels: Vec::new(),
             })
             .unwrap();
@@ -106,13 +107,14 @@ fn forwards_audio_and_video_content_intact() {
     let ok = rig.pump_until(Duration::from_secs(10), |rig| {
         let v = video_frame(n);
         rig.client
-            .write_frame(pub_h, &vmid, "VP8", &v, n as u64 * 3000);
+            .write_frame(pub_h, &vmid, "VP8", &v, n as u64 * 3000, None);
         rig.client.write_frame(
             pub_h,
             &amid,
             "OPUS",
             &[0x78, n as u8, 1, 2, 3],
             n as u64 * 960,
+            None,
         );
         n += 1;
         rig.frames_for(sub_h, "video").len() >= 30 && rig.frames_for(sub_h, "audio").len() >= 30
@@ -207,7 +209,7 @@ fn audio_keeps_flowing_after_senders_drop_the_mid_extension() {
     let ok = rig.pump_until(Duration::from_secs(20), |rig| {
         if Instant::now() >= next {
             rig.client
-                .write_frame(pub_h, &amid, "OPUS", &[0x78, n as u8, 1, 2], n * 960);
+                .write_frame(pub_h, &amid, "OPUS", &[0x78, n as u8, 1, 2], n * 960, None);
             n += 1;
             next += Duration::from_millis(20);
         }
@@ -234,6 +236,7 @@ fn offer_lists_the_requested_video_codec_first() {
                 send_video: true,
                 recv: false,
                 video_codec: codec.into(),
+                opus: Default::default(),
                 data_channels: Vec::new(),
             })
             .unwrap();
@@ -251,6 +254,51 @@ fn offer_lists_the_requested_video_codec_first() {
         // The others are still offered so tracks of any codec can be forwarded.
         assert!(sdp.contains("VP8/90000") && sdp.contains("H264/90000"));
     }
+}
+
+#[test]
+fn opus_params_reach_the_offer_fmtp() {
+    let mut sfu = Sfu::start(LOCALHOST, 0, None, 1).unwrap();
+    let mut opus_fmtp = |opus: OpusFmtp, id: &str| {
+        let sdp = sfu
+            .create_connection(ConnectionSpec {
+                channel_id: "opus".into(),
+                connection_id: id.into(),
+                send_audio: true,
+                send_video: false,
+                recv: false,
+                video_codec: "VP8".into(),
+                opus,
+                data_channels: Vec::new(),
+            })
+            .unwrap()
+            .sdp;
+        let pt = sdp
+            .lines()
+            .find(|l| l.to_ascii_lowercase().contains("opus/48000"))
+            .and_then(|l| l.strip_prefix("a=rtpmap:"))
+            .and_then(|l| l.split_whitespace().next())
+            .unwrap()
+            .to_string();
+        sdp.lines()
+            .find(|l| l.starts_with(&format!("a=fmtp:{pt} ")))
+            .unwrap()
+            .to_string()
+    };
+    let plain = opus_fmtp(OpusFmtp::default(), "O-plain");
+    assert!(!plain.contains("stereo=1"), "{plain}");
+    let stereo = opus_fmtp(
+        OpusFmtp {
+            stereo: Some(true),
+            sprop_stereo: Some(true),
+            use_dtx: Some(true),
+            ..Default::default()
+        },
+        "O-stereo",
+    );
+    assert!(stereo.contains("stereo=1"), "{stereo}");
+    assert!(stereo.contains("sprop-stereo=1"), "{stereo}");
+    assert!(stereo.contains("usedtx=1"), "{stereo}");
 }
 
 #[test]
@@ -293,6 +341,7 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
                 send_video: false,
                 recv: true,
                 video_codec: "VP8".into(),
+                opus: Default::default(),
                 data_channels: chans,
             })
             .unwrap();
@@ -413,6 +462,7 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
                 send_video: false,
                 recv: true,
                 video_codec: "VP8".into(),
+                opus: Default::default(),
                 data_channels: vec![spec],
             })
             .unwrap();

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use engine::client::ClientEngine as EngineClient;
 use engine::event::EngineEvent;
-use engine::sfu::{ChannelSpec, ConnectionSpec, DataChannelSpec, Sfu as EngineSfu};
+use engine::sfu::{ChannelSpec, ConnectionSpec, DataChannelSpec, OpusFmtp, Sfu as EngineSfu};
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -48,6 +48,14 @@ struct Event {
     bitrate: Option<u64>,
     reason: Option<String>,
     label: Option<String>,
+    payload_type: Option<u8>,
+    ssrc: Option<u32>,
+    sequence_number: Option<u64>,
+    audio_level: Option<i8>,
+    capture_time_ms: Option<f64>,
+    picture_id: Option<u64>,
+    temporal_index: Option<u8>,
+    spatial_index: Option<u8>,
 }
 
 #[pymethods]
@@ -64,6 +72,7 @@ fn to_py_events(py: Python<'_>, events: Vec<EngineEvent>) -> PyResult<Vec<Py<Eve
     events
         .into_iter()
         .map(|e| {
+            let f = e.frame;
             Py::new(
                 py,
                 Event {
@@ -82,6 +91,14 @@ fn to_py_events(py: Python<'_>, events: Vec<EngineEvent>) -> PyResult<Vec<Py<Eve
                     bitrate: e.bitrate,
                     reason: e.reason,
                     label: e.label,
+                    payload_type: f.map(|f| f.payload_type),
+                    ssrc: f.and_then(|f| f.ssrc),
+                    sequence_number: f.map(|f| f.sequence_number),
+                    audio_level: f.and_then(|f| f.audio_level),
+                    capture_time_ms: f.and_then(|f| f.capture_time_ms),
+                    picture_id: f.and_then(|f| f.picture_id),
+                    temporal_index: f.and_then(|f| f.temporal_index),
+                    spatial_index: f.and_then(|f| f.spatial_index),
                 },
             )
         })
@@ -135,6 +152,28 @@ fn data_channel_spec(d: &Bound<'_, PyDict>) -> PyResult<DataChannelSpec> {
             max_retransmits: get(d, "max_retransmits")?,
             protocol: get(d, "protocol")?.unwrap_or_default(),
         },
+    })
+}
+
+/// Sora's `audio.opus_params` (validated by the server) as fmtp values.
+fn opus_fmtp(d: &Bound<'_, PyDict>) -> PyResult<OpusFmtp> {
+    fn get<'py, T: FromPyObjectOwned<'py>>(
+        d: &Bound<'py, PyDict>,
+        key: &str,
+    ) -> PyResult<Option<T>> {
+        match d.get_item(key)? {
+            Some(v) if !v.is_none() => Ok(Some(v.extract().map_err(|_| {
+                PyValueError::new_err(format!("opus_params.{key} has the wrong type"))
+            })?)),
+            _ => Ok(None),
+        }
+    }
+    Ok(OpusFmtp {
+        stereo: get(d, "stereo")?,
+        sprop_stereo: get(d, "sprop_stereo")?,
+        use_inband_fec: get(d, "useinbandfec")?,
+        use_dtx: get(d, "usedtx")?,
+        min_p_time: get(d, "minptime")?,
     })
 }
 
@@ -223,7 +262,7 @@ impl Sfu {
         to_py_events(py, events)
     }
 
-    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None))]
+    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None, opus_params=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_connection(
         &mut self,
@@ -236,7 +275,13 @@ impl Sfu {
         video_codec: &str,
         audio_codec: &str,
         data_channels: Option<Vec<Bound<'_, PyDict>>>,
+        opus_params: Option<Bound<'_, PyDict>>,
     ) -> PyResult<CreatedConnection> {
+        let opus = opus_params
+            .as_ref()
+            .map(opus_fmtp)
+            .transpose()?
+            .unwrap_or_default();
         let data_channels = data_channels
             .unwrap_or_default()
             .iter()
@@ -254,6 +299,7 @@ impl Sfu {
             send_video,
             recv,
             video_codec: video_codec.to_ascii_uppercase(),
+            opus,
             data_channels,
         };
         let sfu = self.get_mut()?;
@@ -398,6 +444,7 @@ impl ClientEngine {
         Ok(())
     }
 
+    #[pyo3(signature = (handle, mid, codec, data, rtp_time, capture_age=None))]
     fn write_frame(
         &self,
         handle: &str,
@@ -405,10 +452,27 @@ impl ClientEngine {
         codec: &str,
         data: &[u8],
         rtp_time: u64,
+        capture_age: Option<f64>,
     ) -> PyResult<bool> {
+        let age = capture_age
+            .filter(|a| a.is_finite() && *a > 0.0)
+            .map(|a| Duration::from_secs_f64(a.min(60.0)));
         Ok(self
             .get()?
-            .write_frame(parse_handle(handle)?, mid, codec, data, rtp_time))
+            .write_frame(parse_handle(handle)?, mid, codec, data, rtp_time, age))
+    }
+
+    fn send_info(
+        &self,
+        py: Python<'_>,
+        handle: &str,
+        mid: &str,
+        codec: &str,
+    ) -> PyResult<(u8, u32)> {
+        let h = parse_handle(handle)?;
+        let engine = self.get()?;
+        py.detach(|| engine.send_info(h, mid, codec))
+            .map_err(value_err)
     }
 
     fn request_keyframe(&self, handle: &str, mid: &str) -> PyResult<()> {

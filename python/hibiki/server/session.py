@@ -483,6 +483,7 @@ class SignalingSession:
                 video_codec=req.video_codec_type,
                 audio_codec=req.audio_codec_type,
                 data_channels=plan.sfu_specs() if plan else None,
+                opus_params=req.opus_params if req.send_audio or req.recv else None,
             )
         except ValueError as exc:
             raise SignalingError(str(exc) or "the SFU refused the connection") from None

@@ -88,6 +88,8 @@ class ConnectRequest:
     video_codec_type: str = DEFAULT_VIDEO_CODEC
     audio_bit_rate: int | None = None
     video_bit_rate: int | None = None
+    opus_params: dict[str, Any] | None = None
+    """``audio.opus_params``: the fmtp keys the offer carries, type-checked."""
     metadata: Any = ABSENT
     signaling_notify_metadata: Any = ABSENT
     simulcast: bool = False
@@ -255,6 +257,31 @@ def _media(
     return True, codec or default_codec, bit_rate
 
 
+# Opus fmtp keys the offer honours, with their JSON types (the others Sora
+# documents, e.g. maxplaybackrate, are accepted and left to the codecs).
+_OPUS_FMTP: Final = {
+    "stereo": bool, "sprop_stereo": bool, "useinbandfec": bool, "usedtx": bool, "minptime": int,
+}
+
+
+def _opus_params(msg: dict[str, Any]) -> dict[str, Any] | None:
+    audio = msg.get("audio")
+    params = audio.get("opus_params") if isinstance(audio, dict) else None
+    if not params:
+        return None
+    out: dict[str, Any] = {}
+    for key, kind in _OPUS_FMTP.items():
+        if key not in params or params[key] is None:
+            continue
+        value = params[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise SignalingError(f"invalid audio.opus_params.{key}: must be {kind.__name__}, got {json_type(value)}")
+        if key == "minptime" and not 3 <= value <= 120:
+            raise SignalingError(f"invalid audio.opus_params.minptime: {value} is out of range 3..120")
+        out[key] = value
+    return out or None
+
+
 def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
     """Validate a ``connect`` message and return what it asks for."""
     if "role" not in msg:
@@ -329,6 +356,7 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
     )
 
     return ConnectRequest(
+        opus_params=_opus_params(msg),
         role=role,  # type: ignore[arg-type]  # checked against ROLES above
         channel_id=channel_id,
         client_id=client_id,

@@ -170,6 +170,7 @@ impl ClientConnection {
                 ev.keyframe = Some(f.keyframe);
                 ev.contiguous = Some(f.contiguous);
                 ev.data = Some(f.data);
+                ev.frame = Some(f.meta);
                 events.send(ev);
             }
             PeerEvent::KeyframeRequest(mid) => {

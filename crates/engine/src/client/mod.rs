@@ -41,6 +41,7 @@ enum Command {
         at: Instant,
     },
     RequestKeyframe(u64, String),
+    SendInfo(u64, String, String, Reply<(u8, u32)>),
     SendData(u64, String, Vec<u8>, Reply<bool>),
     CloseChannels(u64),
     Close(u64),
@@ -92,7 +93,7 @@ impl ClientEngine {
         &self.queue
     }
 
-    fn call(&self, make: impl FnOnce(Reply<String>) -> Command) -> Result<String, String> {
+    fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, String> {
         let (tx, rx) = bounded(1);
         if !self.commands.send(make(tx)) {
             return Err("client engine stopped".into());
@@ -118,6 +119,9 @@ impl ClientEngine {
     }
 
     /// Queue a frame; false when the connection is not up (yet or anymore).
+    /// `capture_age` is how long ago the frame was captured: the RTCP sender
+    /// reports then map its RTP time to the capture instant, which is what
+    /// receivers align audio and video by.
     pub fn write_frame(
         &self,
         handle: u64,
@@ -125,6 +129,7 @@ impl ClientEngine {
         codec: &str,
         data: &[u8],
         rtp_time: u64,
+        capture_age: Option<Duration>,
     ) -> bool {
         let up = self
             .connected
@@ -140,8 +145,15 @@ impl ClientEngine {
             codec: codec.to_string(),
             data: data.to_vec(),
             rtp_time,
-            at: Instant::now(),
+            at: capture_age
+                .and_then(|age| Instant::now().checked_sub(age))
+                .unwrap_or_else(Instant::now),
         })
+    }
+
+    /// The (payload type, SSRC) that frames of `codec` go out with on `mid`.
+    pub fn send_info(&self, handle: u64, mid: &str, codec: &str) -> Result<(u8, u32), String> {
+        self.call(|r| Command::SendInfo(handle, mid.to_string(), codec.to_string(), r))
     }
 
     /// Send a message on the data channel `label` (opened by the server).
@@ -349,6 +361,14 @@ impl Worker {
                     Ok(())
                 });
             }
+            Command::SendInfo(handle, mid, codec, reply) => {
+                let mut r = Err(format!("unknown connection {handle}"));
+                self.with_conn(handle, |c| {
+                    r = c.peer.send_info(mid_from_str(&mid), &codec);
+                    Ok(())
+                });
+                let _ = reply.send(r);
+            }
             Command::SendData(handle, label, data, reply) => {
                 let mut r = Err(format!("unknown connection {handle}"));
                 self.with_conn(handle, |c| {
@@ -385,7 +405,7 @@ impl Worker {
     }
 
     fn connect(&mut self, handle: u64, offer: &str) -> Result<String, String> {
-        let peer = Peer::new(Role::Client, Instant::now(), None, None);
+        let peer = Peer::new(Role::Client, Instant::now(), None, None, Default::default());
         let mut conn = ClientConnection::new(handle, peer).map_err(|e| e.to_string())?;
         self.poll
             .registry()

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use crossbeam_channel::bounded;
 
-pub use crate::peer::ChannelSpec;
+pub use crate::peer::{ChannelSpec, OpusFmtp};
 use crate::queue::{event_queue, EventQueue};
 use crate::waker::CommandSender;
 
@@ -37,6 +37,8 @@ pub struct ConnectionSpec {
     pub recv: bool,
     /// The codec the client asked for (`video.codec_type`); offered first.
     pub video_codec: String,
+    /// Opus fmtp for this connection's offer (`audio.opus_params`).
+    pub opus: OpusFmtp,
     /// Data channels the server opens on this connection.
     pub data_channels: Vec<DataChannelSpec>,
 }

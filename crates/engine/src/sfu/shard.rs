@@ -610,7 +610,13 @@ impl Shard {
         while self.demux.has_ufrag(&ufrag) {
             ufrag = random_token(8);
         }
-        let mut peer = Peer::new(Role::Server, now, Some(&ufrag), Some(&spec.video_codec));
+        let mut peer = Peer::new(
+            Role::Server,
+            now,
+            Some(&ufrag),
+            Some(&spec.video_codec),
+            spec.opus,
+        );
         peer.add_local_candidate(self.candidate)?;
 
         // Upstream m-lines first: libwebrtc binds the client's tracks to the
