@@ -21,7 +21,7 @@ async def watch(track: hibiki.MediaTrack) -> None:
     async for frame in track:  # ends when the track is removed or the connection closes
         n += 1
         if isinstance(frame, hibiki.AudioFrame):
-            pcm.append(frame.data)
+            pcm.append(frame.data())
             if n % 50 == 0:  # 50 x 20 ms
                 chunk = np.concatenate(pcm)
                 pcm.clear()

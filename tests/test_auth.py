@@ -34,7 +34,13 @@ from conftest import (
     wait_until,
     with_engine,
 )
-from hibiki.server.auth import Authenticator, AuthError, AuthResult, apply_payouts, create_access_token
+from hibiki.server.auth import (
+    Authenticator,
+    AuthError,
+    AuthResult,
+    apply_payouts,
+    create_access_token,
+)
 from hibiki.server.settings import ServerSettings
 from hibiki.server.validation import ConnectRequest
 from sora_clients.harness import SoraPeer

@@ -11,11 +11,10 @@ import threading
 import time
 from typing import Any
 
+import hibiki
 import pytest
 from conftest import ServerProcess, new_channel_id
 from sora_clients.harness import SoraPeer
-
-import hibiki
 
 
 def dc_args(ignore: bool, *channels: str) -> list[str]:

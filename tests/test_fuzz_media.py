@@ -17,14 +17,13 @@ import threading
 import time
 from typing import Any
 
+import hibiki
 import pytest
 import websockets
 from conftest import ServerProcess, connect_message, open_ws, run
+from hibiki.media.testsrc import read_counter, test_pattern
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-import hibiki
-from hibiki.media.testsrc import read_counter, test_pattern
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),

@@ -27,7 +27,13 @@ import hibiki
 import numpy as np
 import pytest
 from conftest import new_channel_id, run, wait_until
-from hibiki.media.testsrc import dominant_frequency, level_dbfs, pattern_intact, read_counter, tone
+from hibiki.media.testsrc import (
+    dominant_frequency,
+    level_dbfs,
+    pattern_intact,
+    read_counter,
+    tone,
+)
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 AUDIO_RATE = 48_000
@@ -421,7 +427,7 @@ def test_sendonly_to_recvonly_async_face(server: Any) -> None:
                     while sum(len(c) for c in chunks) < AUDIO_RATE:  # 1 s
                         aframe = await tracks["audio"].recv(timeout=5.0)
                         assert isinstance(aframe, hibiki.AudioFrame) and aframe.sample_rate == AUDIO_RATE
-                        chunks.append(aframe.data)
+                        chunks.append(aframe.data())
                     check_tone(np.concatenate(chunks[10:]), AUDIO_RATE, 440.0)
                 assert sub.state == "closed"
                 assert sub.disconnect_code == hibiki.SignalingErrorCode.CLOSE_SUCCEEDED

@@ -25,7 +25,14 @@ from collections.abc import Callable
 
 import hibiki
 from conftest import ServerProcess, new_channel_id, wait_until
-from hibiki.media.testsrc import dominant_frequency, level_dbfs, pattern_intact, read_counter, test_pattern, tone
+from hibiki.media.testsrc import (
+    dominant_frequency,
+    level_dbfs,
+    pattern_intact,
+    read_counter,
+    test_pattern,
+    tone,
+)
 from sora_clients.harness import Event, SoraPeer
 
 WIDTH, HEIGHT, FPS = 320, 240, 15

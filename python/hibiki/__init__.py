@@ -59,12 +59,14 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client.events import SignalingType as SignalingType
     from .client.factory import Hibiki as Hibiki
     from .client.sinks import AudioSink as AudioSink
+    from .client.sinks import AudioStreamSink as AudioStreamSink
     from .client.sinks import VideoSink as VideoSink
     from .client.sources import AudioSource as AudioSource
     from .client.sources import VideoSource as VideoSource
     from .client.tracks import AudioFrame as AudioFrame
     from .client.tracks import MediaTrack as MediaTrack
     from .client.tracks import VideoFrame as VideoFrame
+    from .media.vad import VAD as VAD
 
 _EXPORTS: dict[str, tuple[str, str | None]] = {
     "Hibiki": ("hibiki.client.factory", "Hibiki"),
@@ -74,10 +76,12 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "AudioSource": ("hibiki.client.sources", "AudioSource"),
     "VideoSource": ("hibiki.client.sources", "VideoSource"),
     "AudioSink": ("hibiki.client.sinks", "AudioSink"),
+    "AudioStreamSink": ("hibiki.client.sinks", "AudioStreamSink"),
     "VideoSink": ("hibiki.client.sinks", "VideoSink"),
     "MediaTrack": ("hibiki.client.tracks", "MediaTrack"),
     "VideoFrame": ("hibiki.client.tracks", "VideoFrame"),
     "AudioFrame": ("hibiki.client.tracks", "AudioFrame"),
+    "VAD": ("hibiki.media.vad", "VAD"),
     "SignalingErrorCode": ("hibiki.client.events", "SignalingErrorCode"),
     "SignalingType": ("hibiki.client.events", "SignalingType"),
     "SignalingDirection": ("hibiki.client.events", "SignalingDirection"),
@@ -89,9 +93,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 }
 
 __all__ = [  # literal, so that type checkers see the re-exports
+    "VAD",
     "AudioFrame",
     "AudioSink",
     "AudioSource",
+    "AudioStreamSink",
     "ConnectContext",
     "Connection",
     "ConnectionError",

@@ -202,6 +202,9 @@ class ClientEngine:
         ``capture_age``: seconds since the frame was captured. RTCP sender reports
         then tie its RTP time to the capture instant, so receivers can line up
         audio and video captured together (lip sync)."""
+    def set_desired_bitrate(self, handle: str, bps: int) -> None:
+        """The total rate we would like to send at. The bandwidth estimator probes
+        towards it; ``bitrate`` events report what the path carries."""
     def send_info(self, handle: str, mid: str, codec: str) -> tuple[int, int]:
         """``(payload_type, ssrc)`` that frames of ``codec`` go out with on ``mid``.
         Raises ValueError before the m-line is negotiated."""

@@ -30,6 +30,13 @@ end it (after a disconnect).
 
 Publishing (``--send``): ``test_pattern(counter, W, H)`` frames at ``--fps``
 and a ``--frequency`` Hz tone, both in real time.
+
+End-to-end encryption (``--e2ee-key HEX``): sora-sdk's own frame
+transformers (``SoraAudioFrameTransformer``/``SoraVideoFrameTransformer``)
+encrypt what it sends and decrypt what it receives with
+``hibiki.client.e2ee.FrameCryptor`` (numpy and ``cryptography`` only, no
+PyAV); ``e2ee`` ``{encrypted, decrypted, decrypt_failures, refused}`` is
+reported every 2 s.
 """
 
 from __future__ import annotations
@@ -43,7 +50,15 @@ import time
 from typing import Any
 
 import numpy as np
-from sora_sdk import Sora, SoraAudioSink, SoraMediaTrack, SoraSignalingErrorCode, SoraVideoSink
+from sora_sdk import (
+    Sora,
+    SoraAudioFrameTransformer,
+    SoraAudioSink,
+    SoraMediaTrack,
+    SoraSignalingErrorCode,
+    SoraVideoFrameTransformer,
+    SoraVideoSink,
+)
 
 
 def _load_testsrc() -> Any:
@@ -105,6 +120,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frequency", type=float, default=440.0)
     p.add_argument("--counter-base", type=int, default=0)
     p.add_argument("--duration", type=float, default=60.0, help="hard limit on the whole run")
+    p.add_argument("--e2ee-key", help="encrypt/decrypt media with this AES key (hex), see hibiki.client.e2ee")
     p.add_argument("--data-channel-signaling", action="store_true")
     p.add_argument("--ignore-disconnect-websocket", choices=["true", "false"])
     p.add_argument(
@@ -135,6 +151,16 @@ class Peer:
             if not args.no_audio:
                 self.audio_source = self.sora.create_audio_source(1, AUDIO_RATE)
                 kwargs["audio_source"] = self.audio_source
+        self.cryptor: Any = None
+        if args.e2ee_key:
+            from hibiki.client.e2ee import (
+                FrameCryptor,  # numpy + cryptography: safe beside libwebrtc
+            )
+
+            self.cryptor = FrameCryptor(args.e2ee_key)
+            if args.send:
+                kwargs["audio_frame_transformer"] = self.transformer(SoraAudioFrameTransformer(), self.cryptor.encrypt)
+                kwargs["video_frame_transformer"] = self.transformer(SoraVideoFrameTransformer(), self.cryptor.encrypt)
         for name in ("client_id", "metadata", "signaling_notify_metadata"):
             value = getattr(args, name)
             if value is not None:
@@ -174,6 +200,26 @@ class Peer:
         self.conn.on_message = lambda label, data: emit("message", label=label, data=data.decode("latin-1"))
         self.conn.on_switched = lambda text: emit("switched", message=json.loads(text))
 
+    def transformer(self, transformer: Any, crypt: Any) -> Any:
+        """``transformer`` with an on_transform that runs ``crypt(frame)`` and enqueues the frame when it worked."""
+
+        def on_transform(frame: Any) -> None:
+            try:
+                if crypt(frame):
+                    transformer.enqueue(frame)
+            except Exception as exc:
+                emit("error", message=f"on_transform: {type(exc).__name__}: {exc}")
+
+        transformer.on_transform = on_transform
+        self.keep.append(transformer)
+        return transformer
+
+    def e2ee_reporter(self) -> None:
+        while not self.stop.wait(2.0):
+            c = self.cryptor
+            emit("e2ee", encrypted=c.frames_encrypted, decrypted=c.frames_decrypted,
+                 decrypt_failures=c.decrypt_failures, refused=c.refused)
+
     # -- callbacks (sora-sdk threads) -------------------------------------------------------
 
     def on_set_offer(self, text: str) -> None:
@@ -207,6 +253,9 @@ class Peer:
         if not self.args.receive:
             return
         self.keep.append(track)
+        if self.cryptor is not None:  # before the sinks: nothing undecrypted reaches them
+            kind = SoraVideoFrameTransformer() if track.kind == "video" else SoraAudioFrameTransformer()
+            track.set_frame_transformer(self.transformer(kind, self.cryptor.decrypt))
         if track.kind == "video":
             sink = SoraVideoSink(track)
             sink.on_frame = self.on_video_frame
@@ -319,6 +368,8 @@ class Peer:
         if self.audio_source is not None:
             self.start_thread(self.audio_feeder)
         threading.Thread(target=self.stdin_reader, daemon=True).start()
+        if self.cryptor is not None:
+            self.start_thread(self.e2ee_reporter)
         self.conn.connect()
         while not self.stop.wait(0.1):
             if time.monotonic() > deadline:

@@ -205,6 +205,14 @@ pub enum PeerEvent {
         binary: bool,
     },
     ChannelClose(String),
+    /// An RTCP sender report on one of our receiving m-lines: RTP time
+    /// `rtp` was the sender's wall clock `ntp`.
+    SenderReport {
+        mid: Mid,
+        ntp: std::time::SystemTime,
+        rtp: u64,
+        received: Instant,
+    },
 }
 
 /// Output of [`Peer::poll`].
@@ -309,7 +317,11 @@ impl Peer {
         preferred_video: Option<&str>,
         opus: OpusFmtp,
     ) -> Peer {
-        let mut cfg = Rtc::builder().set_dtls_cert(shared_cert());
+        // Audio sender reports every second rather than RFC 3550's five, so
+        // that receivers can line audio up with video within a second.
+        let mut cfg = Rtc::builder()
+            .set_dtls_cert(shared_cert())
+            .set_rtcp_report_interval_audio(std::time::Duration::from_secs(1));
         opus.apply(cfg.codec_config());
         if let Some(codec) = preferred_video.and_then(codec_from_name) {
             let mut params = cfg.codec_config().params().to_vec();
@@ -571,6 +583,12 @@ impl Peer {
                 }))
             }
             Event::KeyframeRequest(r) => Some(PeerEvent::KeyframeRequest(r.mid)),
+            Event::SenderFeedback(f) => Some(PeerEvent::SenderReport {
+                mid: f.mid,
+                ntp: f.sender_info.ntp_time,
+                rtp: f.sender_info.rtp_time.numer(),
+                received: f.received_at,
+            }),
             Event::ChannelOpen(id, label) => {
                 self.channels.insert(id, label.clone());
                 Some(PeerEvent::ChannelOpen(label))
@@ -626,6 +644,14 @@ impl Peer {
             temporal_index,
             spatial_index,
         }
+    }
+
+    /// Frame mode: the rate we would like to send at, so that the bandwidth
+    /// estimator probes up to it (without this it only learns what is sent).
+    pub fn set_desired_bitrate(&mut self, bps: u64) {
+        self.rtc
+            .bwe()
+            .set_bitrate(str0m::bwe::Bitrate::ZERO, str0m::bwe::Bitrate::bps(bps));
     }
 
     /// Frame mode: the payload type and SSRC our frames of `codec` go out

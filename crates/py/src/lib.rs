@@ -462,6 +462,11 @@ impl ClientEngine {
             .write_frame(parse_handle(handle)?, mid, codec, data, rtp_time, age))
     }
 
+    fn set_desired_bitrate(&self, handle: &str, bps: u64) -> PyResult<()> {
+        self.get()?.set_desired_bitrate(parse_handle(handle)?, bps);
+        Ok(())
+    }
+
     fn send_info(
         &self,
         py: Python<'_>,

@@ -8,6 +8,8 @@ See :mod:`hibiki` for the overview. Modules:
 * :mod:`~hibiki.client.datachannel` - the DataChannels the server opens: labels, zlib, counters
 * :mod:`~hibiki.client.connection` - :class:`Connection`, both faces
 * :mod:`~hibiki.client.sources` / :mod:`~hibiki.client.sinks` / :mod:`~hibiki.client.tracks` - media
+* :mod:`~hibiki.client.transform` - encoded-frame transforms (sora-sdk's frame transformers)
+* :mod:`~hibiki.client.e2ee` - end-to-end encryption with a shared key, on top of them
 * :mod:`~hibiki.client.events` - enums and typed events
 * :mod:`~hibiki.client.aio` - :func:`connect`
 """
@@ -20,7 +22,7 @@ from .connection import Connection
 from .errors import HibikiConnectionError, HibikiError, TrackEnded
 from .events import SignalingDirection, SignalingErrorCode, SignalingType
 from .factory import Hibiki
-from .sinks import AudioSink, VideoSink
+from .sinks import AudioSink, AudioStreamSink, VideoSink
 from .sources import AudioSource, VideoSource
 from .tracks import AudioFrame, MediaTrack, VideoFrame
 
@@ -28,6 +30,7 @@ __all__ = [
     "AudioFrame",
     "AudioSink",
     "AudioSource",
+    "AudioStreamSink",
     "ConnectContext",
     "Connection",
     "Hibiki",

@@ -48,7 +48,13 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+)
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import loop as sdk_loop
@@ -76,7 +82,7 @@ from .events import (
     TrackAdded,
     TrackRemoved,
 )
-from .sdp import codec_for_mid
+from .sdp import codec_for_mid, payload_types_for_mid
 from .signaling import (
     SignalingChannel,
     SignalingClosed,
@@ -88,6 +94,7 @@ from .signaling import (
 )
 from .sources import AudioSource, VideoSource, _Attachment
 from .tracks import MediaTrack
+from .transform import FrameTransformer, check_transformer
 
 if TYPE_CHECKING:  # pragma: no cover
     from hibiki._core import Event
@@ -223,6 +230,8 @@ class Connection:
         video_vp9_params: dict[str, Any] | None = None,
         video_av1_params: dict[str, Any] | None = None,
         video_h264_params: dict[str, Any] | None = None,
+        video_codec_preference: Any = None,
+        degradation_preference: int | None = None,
         websocket_connection_timeout: float = 30.0,
         websocket_close_timeout: float = 3.0,
         connect_timeout: float | None = 30.0,
@@ -232,6 +241,8 @@ class Connection:
         ignore_disconnect_websocket: bool | None = None,
         data_channels: list[dict[str, Any]] | None = None,
         disconnect_wait_timeout: float = 5.0,
+        audio_frame_transformer: FrameTransformer | None = None,
+        video_frame_transformer: FrameTransformer | None = None,
     ) -> None:
         if isinstance(signaling_urls, str):
             signaling_urls = [signaling_urls]
@@ -261,7 +272,26 @@ class Connection:
         self.channel_id = channel_id
         self.audio_source = audio_source
         self.video_source = video_source
+        # Sending transformers of this connection (sora-sdk's create_connection arguments).
+        self._frame_transformers: dict[str, FrameTransformer | None] = {
+            "audio": check_transformer(audio_frame_transformer, "audio", "audio_frame_transformer"),
+            "video": check_transformer(video_frame_transformer, "video", "video_frame_transformer"),
+        }
         self._audio_bit_rate = audio_bit_rate
+        from hibiki.media.adaptation import DegradationPreference
+
+        # sora-sdk's SoraDegradationPreference values; checked now (ValueError).
+        self._degradation = (
+            None if degradation_preference is None else DegradationPreference(int(degradation_preference))
+        )
+        self._video_attachment: _Attachment | None = None
+        if audio_opus_params:
+            # Checked here, so that a bad value fails the call that passed it
+            # (ValueError) rather than the encoder thread later on.
+            from hibiki.media import opus_encoder_settings
+
+            opus_encoder_settings(audio_opus_params)
+        self._audio_opus_params = dict(audio_opus_params) if audio_opus_params else None
         self._video_bit_rate = video_bit_rate
         video_extra: dict[str, Any] = {}
         if video_vp9_params:
@@ -270,6 +300,23 @@ class Connection:
             video_extra["av1_params"] = video_av1_params
         if video_h264_params:
             video_extra["h264_params"] = video_h264_params
+        # Which FFmpeg implementation encodes/decodes each codec (software
+        # unless chosen) and the encoder parameters of each codec; checked
+        # here so that a missing GPU or a parameter the encoder cannot honour
+        # fails this call rather than the encoder thread later on.
+        self._video_codec_params = {"VP9": video_vp9_params, "AV1": video_av1_params, "H264": video_h264_params}
+        self._video_preference: Any = None
+        if video_codec_preference is not None or any(self._video_codec_params.values()):
+            from hibiki.media.codecs import CodecPreference
+            from hibiki.media.video import VideoEncoder
+
+            self._video_preference = CodecPreference.coerce(video_codec_preference)
+            if self._video_preference is not None:
+                self._video_preference.check()
+            for codec, params in self._video_codec_params.items():
+                if params:
+                    VideoEncoder.check_params(codec, params, None if self._video_preference is None
+                                              else self._video_preference.encoder(codec))
         self._connect_message = build_connect_message(
             role=role,
             channel_id=channel_id,
@@ -985,7 +1032,7 @@ class Connection:
         elif kind == "connected":
             self._on_connected()
         elif kind == "bitrate":
-            self.send_bitrate = event.bitrate
+            self._on_bitrate(int(event.bitrate or 0))
         elif kind == "channel_data":
             self._on_channel_data(event.label or "", event.data or b"")
         elif kind == "channel_open":
@@ -1014,15 +1061,47 @@ class Connection:
             (self.audio_source, "audio", "OPUS", self._audio_bit_rate),
             (self.video_source, "video", "VP8", self._video_bit_rate),
         ]
+        desired = 0
         for source, kind, default_codec, kbps in pairs:
             mid = self._mids.get(kind)
             if source is None or mid is None or self.role == "recvonly":
                 continue
+            desired += self._send_rate(kind)
             codec = codec_for_mid(self._offer_sdp, mid) or default_codec
-            source._attach(_Attachment(
+            source._transforms.expect(self._handle, mid, self._frame_transformers[kind],
+                                      payload_types_for_mid(self._offer_sdp, mid).get(codec.upper()))
+            attachment = _Attachment(
                 engine=self._hub.engine, handle=self._handle, mid=mid, codec=codec,
                 label=self._tag, bitrate=kbps * 1000 if kbps else None,
-            ))
+                audio_params=self._audio_opus_params if kind == "audio" else None,
+                video_params=self._video_codec_params.get(codec.upper()) if kind == "video" else None,
+                implementation=(self._video_preference.encoder(codec)
+                                if kind == "video" and self._video_preference is not None else None),
+                degradation=self._degradation if kind == "video" else None,
+            )
+            if kind == "video":
+                self._video_attachment = attachment
+            source._attach(attachment)
+        if desired:
+            # Without a goal the estimator only learns what we already send
+            # and would never let the encoder climb past its first estimate.
+            self._hub.engine.set_desired_bitrate(self._handle, desired)
+
+    def _send_rate(self, kind: str) -> int:
+        """The configured (maximum) send rate of ``kind`` in bit/s."""
+        from .sources import DEFAULT_AUDIO_BITRATE, DEFAULT_VIDEO_BITRATE
+
+        if kind == "audio":
+            return (self._audio_bit_rate or 0) * 1000 or DEFAULT_AUDIO_BITRATE
+        return (self._video_bit_rate or 0) * 1000 or DEFAULT_VIDEO_BITRATE
+
+    def _on_bitrate(self, bps: int) -> None:
+        """The engine's send-side estimate changed: give video what audio leaves."""
+        self.send_bitrate = bps
+        attachment = self._video_attachment
+        if attachment is not None:
+            audio = self._send_rate("audio") if self.audio_source is not None and "audio" in self._mids else 0
+            attachment.estimate = max(0, bps - audio)
 
     def _on_track_added(self, event: Event) -> None:
         mid = event.mid or ""
@@ -1040,7 +1119,9 @@ class Connection:
             track_id=event.track_id or "",
             connection_id=self._tag,
             request_keyframe=self._request_keyframe,
+            video_codec_preference=self._video_preference,
         )
+        track._payload_types.update(payload_types_for_mid(self._offer_sdp, mid))  # for frame transforms
         self._tracks[mid] = track
         self._log(logging.INFO, "track added: %s mid %s from %s", media, mid, track.stream_id)
         sdk_loop.dispatch_callback(self.on_track, track, what="on_track")

@@ -7,18 +7,19 @@ from typing import Any
 
 from .connection import Connection
 from .sources import AudioSource, VideoSource
+from .transform import AudioFrameTransformer, VideoFrameTransformer
 
 __all__ = ["Hibiki", "split_kwargs"]
 
 # sora-sdk ``create_connection`` arguments we accept but do not implement yet.
 # They are ignored with a warning rather than rejected, so sora-sdk programs run.
 _SORA_UNSUPPORTED = frozenset({
-    "audio_frame_transformer", "video_frame_transformer", "simulcast", "spotlight",
+    "simulcast", "spotlight",
     "spotlight_number", "simulcast_rid", "simulcast_request_rid", "spotlight_focus_rid",
     "spotlight_unfocus_rid", "forwarding_filter", "forwarding_filters",
     "audio_streaming_language_code", "insecure", "client_cert",
     "client_key", "ca_cert", "proxy_username", "proxy_password", "proxy_agent",
-    "degradation_preference", "video_h265_params",
+    "video_h265_params",
 })
 # Accepted and meaningless here: we race all URLs at once anyway, and libsora
 # itself never uses data_channel_signaling_timeout (sora-signaling.md §12.3).
@@ -63,14 +64,28 @@ class Hibiki:
     >>> video.on_captured(bgr)          # uint8 [h, w, 3]
     >>> conn.disconnect()
 
-    ``openh264``, ``video_codec_preference`` and other sora-sdk constructor
-    arguments are accepted for compatibility and ignored (codecs come from FFmpeg).
+    ``video_codec_preference`` chooses the FFmpeg implementation of each
+    codec for every connection (software unless set): an
+    :class:`~hibiki.media.codecs.Implementation` or its name
+    (``"nvidia_video_codec_sdk"``), a mapping codec -> implementation, a
+    :class:`~hibiki.media.codecs.CodecPreference` or sora-sdk's
+    ``SoraVideoCodecPreference``. As in sora-sdk, an implementation this
+    machine lacks raises ``RuntimeError`` here, naming what is missing.
+    ``openh264`` and other sora-sdk constructor arguments are accepted for
+    compatibility and ignored (codecs come from FFmpeg).
     """
 
     def __init__(self, openh264: str | None = None, video_codec_preference: Any = None,
                  **kwargs: Any) -> None:
         self.openh264 = openh264
+        if video_codec_preference is not None:
+            # Imported only when used: hibiki.media imports PyAV.
+            from hibiki.media.codecs import CodecPreference
+
+            video_codec_preference = CodecPreference.coerce(video_codec_preference)
+            video_codec_preference.check()
         self.video_codec_preference = video_codec_preference
+        """The :class:`~hibiki.media.codecs.CodecPreference` given to every connection (None: software)."""
         self._extra = kwargs
 
     def create_audio_source(self, channels: int, sample_rate: int) -> AudioSource:
@@ -102,6 +117,7 @@ class Hibiki:
         video_vp9_params: dict[str, Any] | None = None,
         video_av1_params: dict[str, Any] | None = None,
         video_h264_params: dict[str, Any] | None = None,
+        video_codec_preference: Any = None,
         websocket_connection_timeout: float | None = None,
         websocket_close_timeout: float | None = None,
         connect_timeout: float | None = 30.0,
@@ -111,6 +127,9 @@ class Hibiki:
         ignore_disconnect_websocket: bool | None = None,
         data_channels: list[dict[str, Any]] | None = None,
         disconnect_wait_timeout: float | None = None,
+        audio_frame_transformer: AudioFrameTransformer | None = None,
+        video_frame_transformer: VideoFrameTransformer | None = None,
+        degradation_preference: int | None = None,
         **kwargs: Any,
     ) -> Connection:
         """Create a :class:`~hibiki.Connection` (not connected yet: call ``connect()``).
@@ -121,6 +140,12 @@ class Hibiki:
         ignored with a ``UserWarning``. ``connect_timeout`` (seconds) bounds
         ``connect()`` as a whole.
 
+        ``audio_opus_params`` (sora-sdk's keys: ``stereo``, ``sprop_stereo``,
+        ``channels``, ``useinbandfec``, ``usedtx``, ``ptime``, ``minptime``,
+        ``maxplaybackrate``, ``clock_rate``) go to the server and drive this
+        connection's Opus encoder (:func:`hibiki.media.opus_encoder_settings`);
+        a bad value raises ``ValueError`` here.
+
         DataChannels: ``data_channel_signaling=True`` moves signaling to
         DataChannels once the server sends ``switched``;
         ``ignore_disconnect_websocket=True`` then drops the WebSocket;
@@ -129,6 +154,23 @@ class Hibiki:
         ``compress``, ``max_packet_life_time``, ``max_retransmits``,
         ``protocol``, ``header``; ``disconnect_wait_timeout`` (seconds, default
         5) bounds a disconnect over DataChannels.
+
+        ``video_codec_preference`` (Hibiki extension) overrides the factory's
+        for this connection; same forms as ``Hibiki(video_codec_preference=...)``.
+
+        Encoded-frame transforms: ``audio_frame_transformer`` /
+        ``video_frame_transformer`` (an
+        :class:`~hibiki.client.transform.AudioFrameTransformer` /
+        :class:`~hibiki.client.transform.VideoFrameTransformer`) see every
+        frame this connection sends, after encoding and before packetizing,
+        as in sora-sdk (e.g. :mod:`hibiki.client.e2ee`).
+
+        Sending video follows the connection's bandwidth estimate (up to
+        ``video_bit_rate``); when that is too low for the captured picture,
+        ``degradation_preference`` (sora-sdk's ``SoraDegradationPreference``:
+        ``MAINTAIN_FRAMERATE`` scales the picture down, ``MAINTAIN_RESOLUTION``
+        lowers the frame rate, ``BALANCED``, the default, does both,
+        ``DISABLED`` neither) says what gives; see :mod:`hibiki.media.adaptation`.
         """
         split_kwargs(kwargs, "create_connection")
         return Connection(
@@ -151,6 +193,8 @@ class Hibiki:
             video_vp9_params=video_vp9_params,
             video_av1_params=video_av1_params,
             video_h264_params=video_h264_params,
+            video_codec_preference=(
+                self.video_codec_preference if video_codec_preference is None else video_codec_preference),
             websocket_connection_timeout=(
                 30.0 if websocket_connection_timeout is None else websocket_connection_timeout),
             websocket_close_timeout=3.0 if websocket_close_timeout is None else websocket_close_timeout,
@@ -161,4 +205,7 @@ class Hibiki:
             ignore_disconnect_websocket=ignore_disconnect_websocket,
             data_channels=data_channels,
             disconnect_wait_timeout=5.0 if disconnect_wait_timeout is None else disconnect_wait_timeout,
+            audio_frame_transformer=audio_frame_transformer,
+            video_frame_transformer=video_frame_transformer,
+            degradation_preference=degradation_preference,
         )

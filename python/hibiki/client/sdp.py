@@ -7,7 +7,7 @@ states it: the first payload type of the m-line is the preferred codec.
 
 from __future__ import annotations
 
-__all__ = ["MediaSection", "codec_for_mid", "parse_sections"]
+__all__ = ["MediaSection", "codec_for_mid", "parse_sections", "payload_types_for_mid"]
 
 # Payload formats that are not media codecs (retransmission, FEC, comfort noise...).
 _NOT_MEDIA = {"RTX", "RED", "ULPFEC", "FLEXFEC-03", "CN", "TELEPHONE-EVENT"}
@@ -69,3 +69,31 @@ def codec_for_mid(sdp: str, mid: str) -> str | None:
         if section.mid == mid:
             return section.codecs[0] if section.codecs else None
     return None
+
+
+def payload_types_for_mid(sdp: str, mid: str) -> dict[str, int]:
+    """Codec name -> RTP payload type on the m-line ``mid`` (the first one listed per codec).
+
+    >>> payload_types_for_mid(offer_sdp, "1")
+    {'VP8': 96, 'RTX': 97}
+
+    An answer reuses the offer's payload types, so the offer's numbers are
+    what frames carry both ways (frame transforms report them).
+    """
+    sections: list[tuple[str | None, dict[str, int]]] = []
+    for raw in sdp.splitlines():
+        line = raw.strip()
+        if line.startswith("m="):
+            sections.append((None, {}))
+        elif not sections:
+            continue
+        elif line.startswith("a=mid:"):
+            sections[-1] = (line[6:], sections[-1][1])
+        elif line.startswith("a=rtpmap:"):
+            pt, _, rest = line[9:].partition(" ")
+            if pt.isdigit():
+                sections[-1][1].setdefault(rest.split("/")[0].upper(), int(pt))
+    for section_mid, types in sections:
+        if section_mid == mid:
+            return types
+    return {}

@@ -31,8 +31,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .transform import SendTransforms, check_transformer
+
 if TYPE_CHECKING:  # pragma: no cover
     from hibiki._core import ClientEngine
+
+    from .transform import FrameTransformer
 
 __all__ = ["AudioSource", "VideoSource"]
 
@@ -45,6 +49,10 @@ DEFAULT_AUDIO_BITRATE = 64_000
 # When a connection is waiting for a keyframe, do not force one more often than
 # this: every forced keyframe is many times the size of a delta frame.
 _MIN_FORCED_KEYFRAME_INTERVAL = 0.25
+# Capture timestamps further back than this are taken to be on another clock.
+_MAX_CAPTURE_AGE = 5.0
+# Never ask an encoder for less than this, whatever the estimate says.
+_MIN_VIDEO_BITRATE = 50_000
 
 
 @dataclass
@@ -57,6 +65,17 @@ class _Attachment:
     codec: str
     label: str  # connection id, for logs
     bitrate: int | None = None
+    audio_params: dict[str, Any] | None = None
+    """Audio only: sora-sdk's ``audio_opus_params`` (stereo, FEC, DTX, ptime...) for this m-line."""
+    video_params: dict[str, Any] | None = None
+    """Video only: sora-sdk's parameters for this m-line's codec (``video_h264_params``...)."""
+    implementation: Any = None
+    """Video only: the :class:`~hibiki.media.codecs.Implementation` that encodes (None: software)."""
+    degradation: Any = None
+    """Video only: sora-sdk's ``degradation_preference`` (None: balanced)."""
+    estimate: int | None = None
+    """Video only: what the connection's bandwidth estimate leaves for video, bit/s
+    (None until the engine has an estimate)."""
     waiting_keyframe: bool = True
     """Video only: nothing may be sent before a keyframe got through."""
     refused: int = 0
@@ -81,6 +100,8 @@ class _SourceBase:
         """Encoded frames (or Opus packets) produced."""
         self.frames_dropped = 0
         """Frames discarded: not attached, queue overflow (video), or disabled."""
+        # Encoded-frame transforms, per attachment (see hibiki.client.transform).
+        self._transforms = SendTransforms(self, "video" if self.kind == "video" else "audio")
 
     # -- sora-sdk style track surface ---------------------------------------------------
 
@@ -93,6 +114,26 @@ class _SourceBase:
         """Mute (False) or unmute (True). Returns the new state, like sora-sdk."""
         self._enabled = bool(enable)
         return self._enabled
+
+    def set_frame_transformer(self, transformer: FrameTransformer | None, /) -> None:
+        """Pass this source's encoded frames through ``transformer`` on every connection (Hibiki extension).
+
+        sora-sdk attaches a sending transformer per connection, with
+        ``create_connection(audio_frame_transformer=..., video_frame_transformer=...)``;
+        that works here too and wins over this one. ``None`` removes it.
+        Set it before connecting: frames already sent went out as they were.
+        A video source needs a :class:`~hibiki.client.transform.VideoFrameTransformer`,
+        an audio source an :class:`~hibiki.client.transform.AudioFrameTransformer`::
+
+            camera.set_frame_transformer(FrameCryptor(key).sender("video"))
+        """
+        self._transforms.set_default(
+            check_transformer(transformer, self.kind, f"{type(self).__name__}.set_frame_transformer"))
+
+    @property
+    def frame_transformer(self) -> FrameTransformer | None:
+        """The transformer set with :meth:`set_frame_transformer` (None: none)."""
+        return self._transforms.default
 
     @property
     def attached(self) -> bool:
@@ -116,6 +157,9 @@ class _SourceBase:
     # -- attachment (called by Connection) ----------------------------------------------
 
     def _attach(self, attachment: _Attachment) -> None:
+        # Before any frame can flow: the connection's own transformer, if it
+        # gave one (Connection calls _transforms.expect first), or the source's.
+        self._transforms.attach(attachment)
         with self._lock:
             self._attachments[(attachment.handle, attachment.mid)] = attachment
             self._on_attach_locked(attachment)
@@ -130,6 +174,7 @@ class _SourceBase:
                      self.id[:8], attachment.mid, attachment.codec)
 
     def _detach(self, handle: str) -> None:
+        self._transforms.detach(handle)
         with self._lock:
             for key in [k for k in self._attachments if k[0] == handle]:
                 del self._attachments[key]
@@ -154,9 +199,21 @@ class _SourceBase:
             if self._thread is threading.current_thread():
                 self._thread = None
 
-    def _write(self, target: _Attachment, data: bytes, rtp_time: int) -> bool:
+    def _capture_time(self, rtp_time: int) -> float | None:
+        """The monotonic time at which the frame stamped ``rtp_time`` was captured, if known."""
+        return None
+
+    def _write(self, target: _Attachment, data: bytes, rtp_time: int, captured: float | None = None) -> bool:
+        if captured is None:
+            captured = self._capture_time(rtp_time)
+        # The engine stamps the frame's RTCP wall clock with its capture
+        # instant (A/V sync at the receivers); a timestamp from some other
+        # clock would give nonsense, so only plausible ages are passed.
+        age = time.monotonic() - captured if captured is not None else None
+        if age is not None and not 0.0 <= age < _MAX_CAPTURE_AGE:
+            age = None
         try:
-            ok = target.engine.write_frame(target.handle, target.mid, target.codec, data, rtp_time)
+            ok = target.engine.write_frame(target.handle, target.mid, target.codec, data, rtp_time, age)
         except Exception as exc:
             # The connection is closing or gone; the Connection will detach us.
             logger.debug("[%s] write_frame failed on mid %s: %s", target.label, target.mid, exc)
@@ -239,6 +296,21 @@ class VideoSource(_SourceBase):
         """Make the next encoded picture a keyframe (a receiver asked for one)."""
         self._force_keyframe = True
 
+    def _capture_time(self, rtp_time: int) -> float | None:
+        # RTP time is the capture time since the first picture (on_captured).
+        t0 = self._t0
+        return None if t0 is None else t0 + rtp_time / VIDEO_CLOCK_RATE
+
+    @staticmethod
+    def _target_bitrate(group: list[_Attachment]) -> int:
+        """What to encode at for the connections in ``group``: the configured rate,
+        lowered to what the tightest bandwidth estimate leaves for video."""
+        configured = next((t.bitrate for t in group if t.bitrate), None) or DEFAULT_VIDEO_BITRATE
+        estimates = [t.estimate for t in group if t.estimate is not None]
+        if not estimates:
+            return configured
+        return max(_MIN_VIDEO_BITRATE, min(configured, min(estimates)))
+
     def _on_attach_locked(self, attachment: _Attachment) -> None:
         # A new receiver must start with a keyframe.
         self._force_keyframe = True
@@ -251,8 +323,10 @@ class VideoSource(_SourceBase):
 
     def _run(self) -> None:
         from hibiki.media import VideoEncoder  # imported here: PyAV is heavy
+        from hibiki.media.adaptation import VideoAdapter
 
-        encoders: dict[str, Any] = {}
+        encoders: dict[tuple[Any, ...], Any] = {}
+        adapters: dict[tuple[Any, ...], VideoAdapter] = {}
         try:
             while True:
                 with self._cond:
@@ -265,38 +339,63 @@ class VideoSource(_SourceBase):
                     targets = list(self._attachments.values())
                 force = self._force_keyframe
                 self._force_keyframe = False
-                by_codec: dict[str, list[_Attachment]] = {}
+                by_codec: dict[tuple[Any, ...], list[_Attachment]] = {}
                 for target in targets:
-                    by_codec.setdefault(target.codec, []).append(target)
-                for codec, group in by_codec.items():
-                    # One encoder per codec; it reopens itself (with a
+                    # Connections that agree on codec, implementation and
+                    # codec parameters share one encoder.
+                    key = (target.codec, target.implementation, repr(sorted((target.video_params or {}).items())),
+                           target.degradation)
+                    by_codec.setdefault(key, []).append(target)
+                for key, group in by_codec.items():
+                    codec = key[0]
+                    # One encoder per key; it reopens itself (with a
                     # keyframe) when the picture size changes.
-                    if codec in encoders and encoders[codec] is None:
+                    if key in encoders and encoders[key] is None:
                         continue  # this codec failed to open; already reported
-                    encoder = encoders.get(codec)
+                    encoder = encoders.get(key)
+                    bitrate = self._target_bitrate(group)
                     if encoder is None:
-                        bitrate = next((t.bitrate for t in group if t.bitrate), None)
                         try:
-                            encoder = encoders[codec] = VideoEncoder(
+                            encoder = encoders[key] = VideoEncoder(
                                 codec=codec,
-                                bitrate=bitrate or DEFAULT_VIDEO_BITRATE,
+                                bitrate=bitrate,
                                 framerate=self._framerate,
+                                params=group[0].video_params,
+                                implementation=group[0].implementation,
                             )
                         except (ValueError, RuntimeError) as exc:
                             logger.error("cannot encode %s video: %s", codec, exc)
-                            encoders[codec] = None
+                            encoders[key] = None
                             continue
+                        adapters[key] = VideoAdapter(group[0].degradation, self._framerate)
+                    elif abs(bitrate - encoder.bitrate) * 10 > encoder.bitrate:
+                        # The estimate moved by more than 10 %: retune (now,
+                        # or at the next keyframe for encoders that must reopen).
+                        encoder.set_bitrate(bitrate)
+                    adapter = adapters[key]
+                    size = adapter.update(bitrate, bgr.shape[1], bgr.shape[0])
+                    if not (force or adapter.admit(rtp / VIDEO_CLOCK_RATE)):
+                        continue  # frame rate lowered for the bitrate (degradation_preference)
                     try:
-                        encoded = encoder.encode(bgr, rtp, force_keyframe=force)
+                        encoded = encoder.encode(bgr, rtp, force_keyframe=force, size=(size.width, size.height))
                     except Exception:
                         logger.exception("video encoder (%s) failed; recreating it", codec)
-                        del encoders[codec]
+                        del encoders[key]
+                        adapters.pop(key, None)
                         continue
                     for ef in encoded:
                         self.frames_encoded += 1
                         for target in group:
                             if target.waiting_keyframe and not ef.keyframe:
                                 self._want_keyframe()
+                                continue
+                            route = self._transforms.route(target)
+                            if route is not None:
+                                # The transformer's thread writes it (on enqueue) and
+                                # re-arms waiting_keyframe if frames get lost there.
+                                route.submit(ef.data, ef.rtp_time, ef.keyframe, size.width, size.height)
+                                if ef.keyframe:
+                                    target.waiting_keyframe = False
                                 continue
                             if self._write(target, ef.data, ef.rtp_time):
                                 if ef.keyframe:
@@ -325,8 +424,11 @@ class AudioSource(_SourceBase):
     >>> source.on_data(pcm)                    # int16 [samples, channels], any thread
 
     Any chunk size works; audio is resampled to 48 kHz when needed and sent as
-    20 ms Opus packets. Nothing is ever dropped: if the encoder queue is full
-    ``on_data`` waits, which paces a producer that runs faster than real time.
+    Opus packets: 20 ms, stereo for a 2-channel source, in-band FEC on, unless
+    the connection's ``audio_opus_params`` say otherwise (stereo, ptime,
+    useinbandfec, usedtx, ...; see :func:`hibiki.media.opus_encoder_settings`)
+    and at ``audio_bit_rate``. Nothing is ever dropped: if the encoder queue is
+    full ``on_data`` waits, which paces a producer that runs faster than real time.
     """
 
     kind = "audio"
@@ -339,7 +441,8 @@ class AudioSource(_SourceBase):
             raise ValueError(f"sample_rate must be >= 8000, got {sample_rate}")
         self.channels = int(channels)
         self.sample_rate = int(sample_rate)
-        self._queue: queue.Queue[np.ndarray | None] = queue.Queue(maxsize=max(1, queue_size))
+        # (pcm, capture time on the monotonic clock), or None to stop.
+        self._queue: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(maxsize=max(1, queue_size))
 
     def on_data(self, ndarray: np.ndarray, timestamp: float | None = None) -> None:
         """Queue PCM for encoding.
@@ -347,8 +450,11 @@ class AudioSource(_SourceBase):
         Args:
             ndarray: ``int16`` array ``[samples, channels]`` (a 1-D array is
                 taken as mono) at the source's ``sample_rate``. It is copied.
-            timestamp: accepted for sora-sdk compatibility. Audio timing
-                follows the sample count, which is what receivers play out.
+            timestamp: capture time of the first sample, seconds on the
+                monotonic clock (``time.monotonic()`` at the call when
+                omitted). RTP time follows the sample count, which is what
+                receivers play out; the capture time goes into the RTCP sender
+                reports, which receivers use to line audio up with video.
         """
         pcm = np.asarray(ndarray)
         if pcm.ndim == 1:
@@ -364,7 +470,8 @@ class AudioSource(_SourceBase):
         if not self._enabled:
             pcm = np.zeros_like(pcm)
         try:
-            self._queue.put(np.array(pcm, dtype=np.int16, order="C", copy=True), timeout=5.0)
+            captured = time.monotonic() if timestamp is None else float(timestamp)
+            self._queue.put((np.array(pcm, dtype=np.int16, order="C", copy=True), captured), timeout=5.0)
         except queue.Full:
             # Only when the worker is stuck; say so rather than block forever.
             self.frames_dropped += 1
@@ -382,51 +489,87 @@ class AudioSource(_SourceBase):
                 pass
             self._queue.put_nowait(None)
 
+    def _encoder_key(self, target: _Attachment) -> tuple[Any, ...]:
+        """What decides an encoder: codec, bitrate and the Opus settings from ``audio_params``.
+
+        Connections that agree share one encoder (one encode, many connections).
+        """
+        from hibiki.media import opus_encoder_settings
+
+        try:
+            settings = opus_encoder_settings(target.audio_params, self.channels)
+        except ValueError as exc:  # create_connection checks them; this is a fallback
+            logger.error("[%s] bad audio_opus_params, using defaults: %s", target.label, exc)
+            settings = opus_encoder_settings(None, self.channels)
+        return (target.codec, target.bitrate or DEFAULT_AUDIO_BITRATE, tuple(sorted(settings.items())))
+
     def _run(self) -> None:
         from hibiki.media import AudioConverter, AudioEncoder
 
-        # Opus carries 1 or 2 channels; more are mixed down to stereo here.
-        # The encoder resamples to 48 kHz itself.
-        enc_channels = 2 if self.channels >= 2 else 1
-        converter = None
-        if self.channels != enc_channels:
-            converter = AudioConverter(self.sample_rate, self.channels, self.sample_rate, enc_channels)
-        encoders: dict[str, Any] = {}
+        # Opus carries 1 or 2 channels, as the connection's audio_opus_params
+        # (or else the source) decide; the source's PCM is remixed to that
+        # count once per count. The encoder resamples to 48 kHz itself.
+        converters: dict[int, Any] = {}
+        encoders: dict[tuple[Any, ...], Any] = {}
+        # Encoder key per attachment, worked out once (it reads audio_params);
+        # the attachment is kept in the value so that its id stays unique.
+        keys: dict[int, tuple[_Attachment, tuple[Any, ...]]] = {}
         try:
             while True:
-                pcm = self._queue.get()
-                if pcm is None:
+                item = self._queue.get()
+                if item is None:
                     with self._lock:
                         if not self._attachments:
                             self._thread = None
                             return
                     continue  # re-attached meanwhile: keep going
+                pcm, captured = item
                 targets = self._targets()
                 if not targets:
                     continue
-                if converter is not None:
-                    pcm = converter.convert(pcm)
-                    if len(pcm) == 0:
-                        continue
-                by_codec: dict[str, list[_Attachment]] = {}
+                if len(keys) > 2 * len(targets) + 8:
+                    keys = {k: v for k, v in keys.items() if any(v[0] is t for t in targets)}
+                by_key: dict[tuple[Any, ...], list[_Attachment]] = {}
                 for target in targets:
-                    by_codec.setdefault(target.codec, []).append(target)
-                for codec, group in by_codec.items():
-                    if codec in encoders and encoders[codec] is None:
+                    known = keys.get(id(target))
+                    if known is None or known[0] is not target:
+                        known = keys[id(target)] = (target, self._encoder_key(target))
+                    by_key.setdefault(known[1], []).append(target)
+                remixed: dict[int, np.ndarray] = {self.channels: pcm}
+                for key, group in by_key.items():
+                    if key in encoders and encoders[key] is None:
                         continue  # this codec failed to open; already reported
-                    encoder = encoders.get(codec)
+                    codec, bitrate, settings = key
+                    options = dict(settings)
+                    channels = options["channels"]
+                    if channels not in remixed:
+                        if channels not in converters:
+                            converters[channels] = AudioConverter(
+                                self.sample_rate, self.channels, self.sample_rate, channels)
+                        remixed[channels] = converters[channels].convert(pcm)
+                    encoder = encoders.get(key)
                     if encoder is None:
-                        bitrate = next((t.bitrate for t in group if t.bitrate), None)
-                        encoder = encoders[codec] = AudioEncoder(
-                            codec=codec,
-                            sample_rate=self.sample_rate,
-                            channels=enc_channels,
-                            bitrate=bitrate or DEFAULT_AUDIO_BITRATE,
-                        )
-                    for ef in encoder.encode(pcm):
+                        try:
+                            encoder = encoders[key] = AudioEncoder(
+                                codec=codec, sample_rate=self.sample_rate, bitrate=bitrate, **options)
+                        except (ValueError, RuntimeError) as exc:
+                            logger.error("cannot encode %s audio: %s", codec, exc)
+                            encoders[key] = None
+                            continue
+                    if len(remixed[channels]) == 0:
+                        continue
+                    # This chunk's first sample gets the RTP time the encoder
+                    # gives its next input: the packets' capture times follow.
+                    rtp0 = encoder.input_rtp_time
+                    for ef in encoder.encode(remixed[channels]):
                         self.frames_encoded += 1
+                        at = captured + (ef.rtp_time - rtp0) / AUDIO_CLOCK_RATE
                         for target in group:
-                            self._write(target, ef.data, ef.rtp_time)
+                            route = self._transforms.route(target)
+                            if route is not None:
+                                route.submit(ef.data, ef.rtp_time, True)  # written on enqueue
+                            else:
+                                self._write(target, ef.data, ef.rtp_time, at)
         except Exception:  # pragma: no cover - a bug; make it visible
             logger.exception("audio source worker crashed")
         finally:

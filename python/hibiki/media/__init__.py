@@ -6,7 +6,13 @@ into :class:`EncodedFrame` s stamped in the RTP clock, ready for the engine,
 and decoders turn received frames back into numpy.
 """
 
-from .audio import AudioConverter, AudioDecoder, AudioEncoder
+from .audio import (
+    OPUS_FRAME_DURATIONS,
+    AudioConverter,
+    AudioDecoder,
+    AudioEncoder,
+    opus_encoder_settings,
+)
 from .frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedFrame
 from .testsrc import (
     dominant_frequency,
@@ -16,10 +22,13 @@ from .testsrc import (
     test_pattern,
     tone,
 )
+from .vad import VAD
 from .video import VideoDecoder, VideoEncoder
 
 __all__ = [
     "AUDIO_CLOCK_RATE",
+    "OPUS_FRAME_DURATIONS",
+    "VAD",
     "VIDEO_CLOCK_RATE",
     "AudioConverter",
     "AudioDecoder",
@@ -29,6 +38,7 @@ __all__ = [
     "VideoEncoder",
     "dominant_frequency",
     "level_dbfs",
+    "opus_encoder_settings",
     "pattern_intact",
     "read_counter",
     "test_pattern",

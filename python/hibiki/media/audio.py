@@ -2,20 +2,31 @@
 
 PCM is int16 numpy of shape ``(samples, channels)`` everywhere, as sora-sdk's
 sources and sinks use it. The encoder takes any rate and any chunk size,
-resamples to the codec rate, and cuts 20 ms packets; the decoder gives 48 kHz
-PCM with the channel count the caller asked for, whatever the sender coded.
+resamples to the codec rate, and cuts packets of ``ptime`` (20 ms by default)
+with the Opus options WebRTC signals (stereo, in-band FEC, DTX, packet time,
+playback rate; :func:`opus_encoder_settings` reads sora-sdk's
+``audio_opus_params``). The decoder gives 48 kHz PCM, with the stream's own
+channel count or the one the caller asked for, and conceals gaps.
 
 Codecs are rows of :data:`_AUDIO_CODECS`, like the video table: encoders and
-decoders to try in order, and their options.
+decoders to try in order, and their options. DTX is the one thing FFmpeg's
+libopus wrapper cannot switch on; for it the encoder drives libopus (the copy
+PyAV ships, else the system's) through ctypes.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import logging
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import av
 import numpy as np
@@ -23,7 +34,7 @@ import numpy.typing as npt
 
 from .frames import AUDIO_CLOCK_RATE, EncodedFrame
 
-__all__ = ["AudioConverter", "AudioDecoder", "AudioEncoder"]
+__all__ = ["OPUS_FRAME_DURATIONS", "AudioConverter", "AudioDecoder", "AudioEncoder", "opus_encoder_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +56,6 @@ class _AudioCodecSpec:
 
     sample_rate: int
     """The rate the codec runs at, which is also its RTP clock here."""
-    frame_samples: int
-    """Samples per packet at ``sample_rate``."""
     max_channels: int
     encoders: tuple[_AudioEncoderChoice, ...]
     decoders: tuple[str, ...]
@@ -56,24 +65,11 @@ _AUDIO_CODECS: Mapping[str, _AudioCodecSpec] = MappingProxyType(
     {
         "OPUS": _AudioCodecSpec(
             sample_rate=AUDIO_CLOCK_RATE,
-            frame_samples=AUDIO_CLOCK_RATE // 50,  # 20 ms, WebRTC's packet time
             max_channels=2,
             encoders=(
-                _AudioEncoderChoice(
-                    "libopus",
-                    {
-                        # As libwebrtc: speech tuning for mono, full-band
-                        # "audio" for stereo, which is usually music.
-                        "application": "voip",
-                        "frame_duration": "20",
-                        "vbr": "on",
-                        # In-band FEC only kicks in with a nonzero expected
-                        # loss; 5% buys resilience for a small bitrate share.
-                        "fec": "1",
-                        "packet_loss": "5",
-                    },
-                    stereo_options={"application": "audio"},
-                ),
+                # AudioEncoder adds application, frame_duration, fec and
+                # packet_loss from its arguments (see its docstring).
+                _AudioEncoderChoice("libopus", {"vbr": "on"}),
                 # FFmpeg's own Opus encoder (CELT only) is experimental; it is
                 # here for builds without libopus.
                 _AudioEncoderChoice("opus", {"strict": "experimental"}),
@@ -230,15 +226,202 @@ class AudioConverter:
         return a
 
 
+# -- Opus settings -----------------------------------------------------------------------
+
+OPUS_FRAME_DURATIONS: tuple[float, ...] = (2.5, 5, 10, 20, 40, 60, 80, 100, 120)
+"""Packet durations (ms) an Opus encoder can produce; 80 to 120 are several frames in one packet."""
+
+# What a ``ptime``/``minptime`` from signaling may select: WebRTC stacks packetize
+# 10 ms and up; 2.5 and 5 ms exist for AudioEncoder callers who want them.
+_SIGNALED_PTIMES = (10, 20, 40, 60, 80, 100, 120)
+
+_OPUS_PARAM_KEYS = frozenset(
+    {"channels", "clock_rate", "maxplaybackrate", "minptime", "ptime", "stereo", "sprop_stereo",
+     "useinbandfec", "usedtx"}
+)
+
+
+def _param(params: Mapping[str, Any], key: str, kind: type) -> Any:
+    """``params[key]`` checked against ``kind`` (bool is not an int here), or None when absent."""
+    value = params.get(key)
+    if value is None:
+        return None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"audio_opus_params[{key!r}] must be an int, got {value!r}")
+    if kind is bool and not isinstance(value, bool):
+        raise ValueError(f"audio_opus_params[{key!r}] must be a bool, got {value!r}")
+    return value
+
+
+def opus_encoder_settings(params: Mapping[str, Any] | None, source_channels: int = 1) -> dict[str, Any]:
+    """Turn sora-sdk's ``audio_opus_params`` into :class:`AudioEncoder` keyword arguments.
+
+    >>> opus_encoder_settings({"stereo": True, "usedtx": True, "ptime": 40}, source_channels=1)
+    {'channels': 2, 'fec': True, 'dtx': True, 'ptime': 40, 'max_playback_rate': None}
+
+    Keys (all optional, as in Sora's ``audio.opus_params``):
+
+    - ``channels`` (1 or 2): how many channels to encode. Without it,
+      ``stereo``/``sprop_stereo`` decide (either True: stereo; given and both
+      false: mono), and without those the source decides (2 or more channels:
+      stereo).
+    - ``useinbandfec`` (default True, as WebRTC offers it): Opus in-band FEC.
+    - ``usedtx`` (default False): discontinuous transmission; silence is
+      sent as a packet every 400 ms instead of every ``ptime``.
+    - ``ptime`` / ``minptime`` (ms): the packet duration, the largest of
+      10, 20, 40, 60, 80, 100, 120 not above ``ptime`` (default 20) and not
+      below ``minptime``.
+    - ``maxplaybackrate`` (Hz, 8000..48000): the encoder leaves out what a
+      receiver playing at that rate cannot render.
+    - ``clock_rate``: must be 48000 when given (Opus's RTP clock).
+
+    Unknown keys are logged and ignored; a wrong type or range raises
+    ``ValueError``, so that :meth:`hibiki.Hibiki.create_connection` can
+    refuse bad parameters before anything connects.
+    """
+    p: Mapping[str, Any] = params or {}
+    unknown = sorted(set(p) - _OPUS_PARAM_KEYS)
+    if unknown:
+        logger.warning("audio_opus_params: ignoring unknown keys %s", ", ".join(map(repr, unknown)))
+    channels = _param(p, "channels", int)
+    stereo, sprop_stereo = _param(p, "stereo", bool), _param(p, "sprop_stereo", bool)
+    if channels is not None:
+        if channels not in (1, 2):
+            raise ValueError(f"audio_opus_params['channels'] must be 1 or 2, got {channels}")
+    elif stereo is not None or sprop_stereo is not None:
+        channels = 2 if (stereo or sprop_stereo) else 1
+    else:
+        channels = 2 if source_channels >= 2 else 1
+    clock_rate = _param(p, "clock_rate", int)
+    if clock_rate is not None and clock_rate != AUDIO_CLOCK_RATE:
+        raise ValueError(f"audio_opus_params['clock_rate'] must be {AUDIO_CLOCK_RATE} for Opus, got {clock_rate}")
+    ptime, minptime = _param(p, "ptime", int), _param(p, "minptime", int)
+    for key, value in (("ptime", ptime), ("minptime", minptime)):
+        if value is not None and not 3 <= value <= 120:
+            raise ValueError(f"audio_opus_params[{key!r}] must be 3..120 ms, got {value}")
+    wanted = 20 if ptime is None else ptime
+    floor = minptime or 0
+    fitting = [d for d in _SIGNALED_PTIMES if floor <= d <= max(wanted, floor)]
+    # Nothing fits only when minptime is above every allowed duration <= ptime;
+    # then minptime wins (rounded up), as the receiver asked not to go below it.
+    chosen = fitting[-1] if fitting else next(d for d in _SIGNALED_PTIMES if d >= floor)
+    maxplaybackrate = _param(p, "maxplaybackrate", int)
+    if maxplaybackrate is not None and not 8000 <= maxplaybackrate <= 48000:
+        raise ValueError(f"audio_opus_params['maxplaybackrate'] must be 8000..48000, got {maxplaybackrate}")
+    useinbandfec, usedtx = _param(p, "useinbandfec", bool), _param(p, "usedtx", bool)
+    return {
+        "channels": channels,
+        "fec": True if useinbandfec is None else useinbandfec,
+        "dtx": bool(usedtx),
+        "ptime": chosen,
+        "max_playback_rate": maxplaybackrate,
+    }
+
+
+def _cutoff_hz(max_playback_rate: int | None) -> int:
+    """The Opus audio bandwidth (Hz, FFmpeg's ``cutoff``) for a receiver's playback rate; 0 = full band."""
+    if max_playback_rate is None or max_playback_rate > 24_000:
+        return 0
+    # Opus bandwidths: narrow 4 kHz (8 kHz rate), medium 6, wide 8, super-wide 12.
+    for rate, cutoff in ((8_000, 4_000), (12_000, 6_000), (16_000, 8_000), (24_000, 12_000)):
+        if max_playback_rate <= rate:
+            return cutoff
+    return 0  # pragma: no cover - the loop covers every rate <= 24000
+
+
+# -- libopus through ctypes, for what FFmpeg's libopus wrapper does not expose (DTX) -----
+
+_OPUS_APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
+_OPUS_SET_BITRATE = 4002
+_OPUS_SET_MAX_BANDWIDTH = 4004
+_OPUS_SET_VBR = 4006
+_OPUS_SET_INBAND_FEC = 4012
+_OPUS_SET_PACKET_LOSS_PERC = 4014
+_OPUS_SET_DTX = 4016
+_OPUS_BANDWIDTHS = {4_000: 1101, 6_000: 1102, 8_000: 1103, 12_000: 1104, 0: 1105}
+# The largest packet opus_encode can make: 120 ms of 1275-byte frames, plus framing.
+_OPUS_MAX_PACKET = 6 * 1275 + 16
+# With DTX on, libopus marks "nothing to send" with packets of at most 2 bytes
+# (libwebrtc's threshold as well); a real comfort-noise packet comes every 400 ms.
+_OPUS_DTX_PACKET_BYTES = 2
+
+
+def _libopus_candidates() -> list[str]:
+    """Paths where the libopus PyAV ships with (same build as FFmpeg's) may be, then the system's."""
+    site = Path(av.__file__).resolve().parent
+    found: list[str] = []
+    for pattern in ("av.libs/libopus*.so*", "av.libs/*opus*.dll", "av/.dylibs/libopus*.dylib"):
+        found += sorted(str(p) for p in site.parent.glob(pattern))
+    system = ctypes.util.find_library("opus")
+    if system:
+        found.append(system)
+    return found
+
+
+@functools.cache
+def _libopus() -> ctypes.CDLL | None:
+    """libopus with the encoder prototypes set, or None when there is none to load."""
+    for path in _libopus_candidates():
+        try:
+            lib = ctypes.CDLL(path)
+            lib.opus_encoder_create.restype = ctypes.c_void_p
+            lib.opus_encoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.c_int,
+                                                ctypes.POINTER(ctypes.c_int)]
+            # Variadic: only the fixed arguments get argtypes, so that ctypes
+            # uses the variadic calling convention (it differs on macOS arm64).
+            lib.opus_encoder_ctl.restype = ctypes.c_int
+            lib.opus_encoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
+            lib.opus_encode.restype = ctypes.c_int32
+            lib.opus_encode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                        ctypes.c_void_p, ctypes.c_int32]
+            lib.opus_encoder_destroy.restype = None
+            lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
+        except (OSError, AttributeError) as exc:
+            logger.debug("libopus at %s not usable: %s", path, exc)
+            continue
+        return lib
+    return None
+
+
+class _LibOpusEncoder:
+    """A libopus encoder state driven directly (only for options FFmpeg lacks)."""
+
+    def __init__(self, lib: ctypes.CDLL, channels: int, application: str, settings: Mapping[int, int]) -> None:
+        error = ctypes.c_int(0)
+        state = lib.opus_encoder_create(AUDIO_CLOCK_RATE, channels, _OPUS_APPLICATIONS[application],
+                                        ctypes.byref(error))
+        if not state or error.value != 0:
+            raise RuntimeError(f"opus_encoder_create failed ({error.value})")
+        self._lib = lib
+        self._state = ctypes.c_void_p(state)
+        # Frees the native state even if the encoder is dropped without close().
+        self._finalizer = weakref.finalize(self, lib.opus_encoder_destroy, self._state)
+        for request, value in settings.items():
+            rc = lib.opus_encoder_ctl(self._state, int(request), ctypes.c_int(int(value)))
+            if rc != 0:
+                raise RuntimeError(f"opus_encoder_ctl({request}, {value}) failed ({rc})")
+        self._out = ctypes.create_string_buffer(_OPUS_MAX_PACKET)
+
+    def encode(self, pcm: npt.NDArray[np.int16]) -> bytes:
+        """Encode one packet's worth of contiguous int16 ``(samples, channels)``."""
+        n = self._lib.opus_encode(self._state, pcm.ctypes.data, pcm.shape[0], self._out, _OPUS_MAX_PACKET)
+        if n < 0:
+            raise RuntimeError(f"opus_encode failed ({n})")
+        return ctypes.string_at(self._out, n)  # copies n bytes, not the whole buffer
+
+
 class AudioEncoder:
-    """Encode int16 PCM of any rate and chunk size into 20 ms Opus packets.
+    """Encode int16 PCM of any rate and chunk size into Opus packets (20 ms unless told otherwise).
 
     >>> enc = AudioEncoder(sample_rate=16_000, channels=1)
     >>> packets = enc.encode(pcm)  # pcm: int16 (samples, 1) at 16 kHz
+    >>> stereo = AudioEncoder(channels=2, bitrate=96_000, ptime=40, dtx=True)
 
     Input is resampled to 48 kHz when needed and buffered; every complete
-    20 ms comes out as one :class:`EncodedFrame` whose ``rtp_time`` starts at
-    0 and advances by 960 (48 kHz clock) per packet. Not thread safe.
+    packet comes out as one :class:`EncodedFrame` whose ``rtp_time`` starts at
+    0 and advances by ``ptime * 48`` (48 kHz clock) per packet. With DTX,
+    silence gives no packet for most of those steps (the gap in ``rtp_time``
+    is the silence; receivers conceal it). Not thread safe.
     """
 
     def __init__(
@@ -247,6 +430,13 @@ class AudioEncoder:
         sample_rate: int = 48_000,
         channels: int = 1,
         bitrate: int = 64_000,
+        *,
+        ptime: float = 20,
+        fec: bool = True,
+        packet_loss: int | None = None,
+        dtx: bool = False,
+        application: str | None = None,
+        max_playback_rate: int | None = None,
     ) -> None:
         """Create an encoder for PCM at ``(sample_rate, channels)``.
 
@@ -254,11 +444,26 @@ class AudioEncoder:
             codec: Upper-case codec name; ``"OPUS"``.
             sample_rate: Rate of the PCM passed to :meth:`encode`, any positive value.
             channels: 1 or 2; the packets carry the same count.
-            bitrate: Target bitrate in bit/s.
+            bitrate: Target bitrate in bit/s (Opus uses 6000 to 510000).
+            ptime: Packet duration in ms, one of :data:`OPUS_FRAME_DURATIONS`.
+            fec: In-band forward error correction: each packet also carries a
+                coarse copy of the previous one, which a receiver uses when
+                that one is lost.
+            packet_loss: Expected loss in percent (0..100), which sizes the
+                FEC; default 5 with ``fec`` and 0 without.
+            dtx: Discontinuous transmission: during silence only one packet
+                every 400 ms goes out. Needs libopus loadable through ctypes
+                (PyAV's own copy, else the system's); without it a warning is
+                logged and every packet is sent (``self.dtx`` is then False).
+            application: ``"voip"`` (speech), ``"audio"`` (music, full band) or
+                ``"lowdelay"``; default voip for mono and audio for stereo, as
+                libwebrtc does.
+            max_playback_rate: The receiver's playback rate (SDP
+                ``maxplaybackrate``); the coded bandwidth is limited to it.
 
         Raises:
             ValueError: Unknown codec, unsupported channel count, or a
-                rate/bitrate that is not positive.
+                rate/bitrate/ptime/packet_loss/application out of range.
             RuntimeError: FFmpeg has none of the codec's encoders.
         """
         self._spec = _spec(codec)
@@ -268,11 +473,37 @@ class AudioEncoder:
             )
         if sample_rate <= 0 or bitrate <= 0:
             raise ValueError("sample_rate and bitrate must be > 0")
+        if ptime not in OPUS_FRAME_DURATIONS:
+            raise ValueError(f"ptime must be one of {OPUS_FRAME_DURATIONS} ms, got {ptime}")
+        if packet_loss is None:
+            packet_loss = 5 if fec else 0
+        if not 0 <= packet_loss <= 100:
+            raise ValueError(f"packet_loss must be 0..100 %, got {packet_loss}")
+        if application is None:
+            application = "audio" if channels == 2 else "voip"
+        if application not in _OPUS_APPLICATIONS:
+            raise ValueError(f"application must be one of {', '.join(_OPUS_APPLICATIONS)}, got {application!r}")
         self._codec = codec
         self.sample_rate = sample_rate
         self.channels = channels
         self.bitrate = bitrate
-        self._ctx = self._open()
+        self.ptime = ptime
+        self.fec = fec
+        self.packet_loss = packet_loss
+        self.application = application
+        self.max_playback_rate = max_playback_rate
+        self._frame_samples = round(ptime * self._spec.sample_rate / 1000)
+        self.frames_suppressed = 0
+        """Packets not sent because DTX found nothing worth sending."""
+        self._direct: _LibOpusEncoder | None = None
+        self._ctx: av.AudioCodecContext | None = None
+        self.dtx = False
+        """Whether DTX is on (asked for, and libopus could be loaded for it)."""
+        if dtx:
+            self._direct = self._open_direct()
+            self.dtx = self._direct is not None
+        if self._direct is None:
+            self._ctx = self._open()
         self._resampler = (
             av.AudioResampler(format="s16", layout=_layout(channels), rate=self._spec.sample_rate)
             if sample_rate != self._spec.sample_rate
@@ -282,6 +513,26 @@ class AudioEncoder:
         # than one packet between calls.
         self._pending = np.zeros((0, channels), np.int16)
         self._rtp_time = 0
+
+    def _open_direct(self) -> _LibOpusEncoder | None:
+        lib = _libopus()
+        if lib is None:
+            logger.warning("Opus DTX needs libopus through ctypes and none was found; sending without DTX")
+            return None
+        cutoff = _cutoff_hz(self.max_playback_rate)
+        settings = {
+            _OPUS_SET_BITRATE: self.bitrate,
+            _OPUS_SET_VBR: 1,
+            _OPUS_SET_INBAND_FEC: int(self.fec),
+            _OPUS_SET_PACKET_LOSS_PERC: self.packet_loss,
+            _OPUS_SET_DTX: 1,
+            _OPUS_SET_MAX_BANDWIDTH: _OPUS_BANDWIDTHS[cutoff],
+        }
+        try:
+            return _LibOpusEncoder(lib, self.channels, self.application, settings)
+        except RuntimeError as exc:
+            logger.warning("libopus encoder for DTX did not open (%s); sending without DTX", exc)
+            return None
 
     def _open(self) -> av.AudioCodecContext:
         errors: list[str] = []
@@ -298,6 +549,17 @@ class AudioEncoder:
             options = dict(choice.options)
             if self.channels == 2:
                 options.update(choice.stereo_options)
+            if choice.name == "libopus":
+                options.update({
+                    "application": self.application,
+                    "frame_duration": f"{self.ptime:g}",
+                    # In-band FEC only kicks in with a nonzero expected loss.
+                    "fec": "1" if self.fec else "0",
+                    "packet_loss": str(self.packet_loss),
+                })
+            cutoff = _cutoff_hz(self.max_playback_rate)
+            if cutoff:
+                options["cutoff"] = str(cutoff)  # a generic option; libopus maps it to a bandwidth
             ctx.options = options
             try:
                 ctx.open()
@@ -317,6 +579,19 @@ class AudioEncoder:
         """The codec name given at construction, e.g. ``"OPUS"``."""
         return self._codec
 
+    @property
+    def input_rtp_time(self) -> int:
+        """RTP time (48 kHz) that the next sample given to :meth:`encode` will have.
+
+        Lets a caller map packets back to the capture time of the audio in them.
+        """
+        return self._rtp_time + int(self._pending.shape[0])
+
+    @property
+    def frame_samples(self) -> int:
+        """Samples per channel in one packet at 48 kHz (``ptime * 48``): the ``rtp_time`` step."""
+        return self._frame_samples
+
     def encode(self, pcm: npt.NDArray[np.int16]) -> list[EncodedFrame]:
         """Add PCM and return every packet that is now complete (possibly none).
 
@@ -333,34 +608,62 @@ class AudioEncoder:
         if a.shape[0] == 0:
             return []
         buf = np.concatenate((self._pending, a)) if self._pending.shape[0] else a
-        size = self._spec.frame_samples
+        size = self._frame_samples
         whole = buf.shape[0] - buf.shape[0] % size
         # Copy the remainder: keeping a view would pin the whole chunk.
         self._pending = buf[whole:].copy()
         out: list[EncodedFrame] = []
         for start in range(0, whole, size):
-            frame = _to_frame(
-                np.ascontiguousarray(buf[start : start + size]), self._spec.sample_rate
-            )
-            frame.pts = self._rtp_time
-            frame.time_base = self._ctx.time_base
-            for packet in self._ctx.encode(frame):
-                out.append(EncodedFrame(data=bytes(packet), rtp_time=self._rtp_time, keyframe=True))
+            chunk = np.ascontiguousarray(buf[start : start + size])
+            if self._direct is not None:
+                data = self._direct.encode(chunk)
+                if len(data) <= _OPUS_DTX_PACKET_BYTES:
+                    self.frames_suppressed += 1  # DTX: nothing to send; rtp_time still advances
+                else:
+                    out.append(EncodedFrame(data=data, rtp_time=self._rtp_time, keyframe=True))
+            else:
+                assert self._ctx is not None
+                frame = _to_frame(chunk, self._spec.sample_rate)
+                frame.pts = self._rtp_time
+                frame.time_base = self._ctx.time_base
+                for packet in self._ctx.encode(frame):
+                    out.append(EncodedFrame(data=bytes(packet), rtp_time=self._rtp_time, keyframe=True))
             self._rtp_time += size
         return out
 
 
-class AudioDecoder:
-    """Decode Opus packets into 48 kHz int16 PCM with a fixed channel count.
+# Longest gap in a stream's RTP time that the decoder fills with concealment:
+# DTX pauses are at most 400 ms and loss bursts are short; a longer gap is a
+# pause of the sender (nothing was captured), which is not made up.
+_MAX_CONCEAL_SAMPLES = AUDIO_CLOCK_RATE
 
-    The channel count is the caller's choice, not the sender's: a mono stream
-    decoded with ``channels=2`` comes out duplicated on both channels, a
-    stereo one with ``channels=1`` comes out mixed down. Corrupt packets are
-    logged at debug level and give an empty array.
+
+def _opus_toc_stereo(data: bytes) -> bool:
+    """The stereo flag of an Opus packet's TOC byte (RFC 6716 §3.1)."""
+    return bool(data[0] & 0x04)
+
+
+class AudioDecoder:
+    """Decode Opus packets into 48 kHz int16 PCM.
+
+    >>> dec = AudioDecoder()                      # channels as the stream has them
+    >>> pcm = dec.decode(packet, rtp_time=960)    # int16 (960, dec.channels)
+
+    ``channels=None`` (the default) gives the stream's own layout: mono until
+    a stereo packet arrives, two channels from then on (Opus marks stereo in
+    every packet). A number fixes the output instead: a mono stream decoded
+    with ``channels=2`` comes out duplicated on both channels, a stereo one
+    with ``channels=1`` comes out mixed down.
+
+    Given each packet's ``rtp_time``, gaps are concealed: a jump in RTP time
+    (lost packets, or a sender's DTX pause) of up to one second is filled with
+    Opus packet-loss concealment, which fades into comfort noise/silence, so
+    the output keeps the sender's timeline. Corrupt packets are logged at
+    debug level and give an empty array.
     """
 
-    def __init__(self, codec: str = "OPUS", channels: int = 2) -> None:
-        """Create a decoder that outputs ``channels`` channels at 48 kHz.
+    def __init__(self, codec: str = "OPUS", channels: int | None = None) -> None:
+        """Create a decoder that outputs 48 kHz with ``channels`` channels (None: as the stream).
 
         Raises:
             ValueError: Unknown codec, or a channel count the codec cannot
@@ -368,14 +671,23 @@ class AudioDecoder:
             RuntimeError: FFmpeg has none of the codec's decoders.
         """
         self._spec = _spec(codec)
-        if not 1 <= channels <= self._spec.max_channels:
+        if channels is not None and not 1 <= channels <= self._spec.max_channels:
             raise ValueError(
                 f"{codec} decodes to 1 to {self._spec.max_channels} channels, got {channels}"
             )
         self._codec = codec
-        self.channels = channels
+        self._fixed_channels = channels
+        # Auto mode decodes to stereo and drops the copy while the stream is mono.
+        self._decode_channels = channels if channels is not None else self._spec.max_channels
+        self._stream_channels = 1
         self.sample_rate = self._spec.sample_rate
         self._ctx = self._open()
+        self._next_rtp: int | None = None
+        self._last_toc: int | None = None
+        self.start_rtp_time: int | None = None
+        """RTP time (48 kHz) of the first sample :meth:`decode` returned last (concealment included)."""
+        self.samples_concealed = 0
+        """Samples per channel made up for gaps in RTP time."""
 
     def _open(self) -> av.AudioCodecContext:
         for name in self._spec.decoders:
@@ -385,7 +697,7 @@ class AudioDecoder:
                 ctx = av.CodecContext.create(name, "r")
                 assert isinstance(ctx, av.AudioCodecContext)
                 ctx.sample_rate = self._spec.sample_rate
-                ctx.layout = _layout(self.channels)
+                ctx.layout = _layout(self._decode_channels)
                 ctx.open()
             except av.FFmpegError as exc:
                 logger.debug("audio decoder %s did not open: %s", name, exc)
@@ -400,27 +712,79 @@ class AudioDecoder:
         """The codec name given at construction, e.g. ``"OPUS"``."""
         return self._codec
 
-    def decode(self, data: bytes) -> npt.NDArray[np.int16]:
-        """Decode one packet into int16 ``(samples, channels)`` at 48 kHz.
+    @property
+    def channels(self) -> int:
+        """Channels of the output: the fixed count, or the stream's so far (1 until stereo is seen)."""
+        return self._fixed_channels if self._fixed_channels is not None else self._stream_channels
 
-        Never raises on bad input: returns a ``(0, channels)`` array instead.
-        """
-        empty = np.zeros((0, self.channels), np.int16)
-        if not data:
-            # An empty packet would put the FFmpeg decoder into drain mode.
-            return empty
+    def _decode_packet(self, data: bytes) -> npt.NDArray[np.int16] | None:
         try:
             chunks = [_from_frame(f) for f in self._ctx.decode(av.Packet(data))]
         except (av.FFmpegError, ValueError) as exc:
             logger.debug(
                 "%s decoder: dropping a packet of %d bytes: %s", self._codec, len(data), exc
             )
-            return empty
+            return None
         if not chunks:
-            return empty
+            return None
         pcm = chunks[0] if len(chunks) == 1 else np.concatenate(chunks)
-        if pcm.shape[1] != self.channels:
+        if pcm.shape[1] != self._decode_channels:
             # Decoders that ignore the requested layout give the coded count,
             # which for 1 or 2 requested channels is a mono<->stereo remix.
-            pcm = _remix(pcm, self.channels)
+            pcm = _remix(pcm, self._decode_channels)
         return pcm
+
+    def _conceal(self, samples: int) -> list[npt.NDArray[np.int16]]:
+        """``samples`` of packet-loss concealment, continuing from the last packet."""
+        out: list[npt.NDArray[np.int16]] = []
+        # A TOC byte with no frame data is a lost frame (RFC 6716 §3.2.1): the
+        # decoder extrapolates, then fades to comfort noise or silence.
+        lost = bytes([self._last_toc & 0xFC]) if self._last_toc is not None else None
+        remaining = samples
+        while remaining > 0:
+            pcm = self._decode_packet(lost) if lost is not None else None
+            if pcm is None or len(pcm) == 0:
+                pcm = np.zeros((remaining, self._decode_channels), np.int16)
+            out.append(pcm[:remaining])
+            remaining -= len(out[-1])
+        self.samples_concealed += samples
+        return out
+
+    def decode(self, data: bytes, rtp_time: int | None = None) -> npt.NDArray[np.int16]:
+        """Decode one packet into int16 ``(samples, channels)`` at 48 kHz.
+
+        Args:
+            data: One Opus packet.
+            rtp_time: Its RTP timestamp (48 kHz, not wrapping). When given, a
+                forward jump since the previous packet's end is concealed first
+                and the output starts with it; :attr:`start_rtp_time` says where.
+
+        Never raises on bad input: returns a ``(0, channels)`` array instead.
+        """
+        if not data:
+            # An empty packet would put the FFmpeg decoder into drain mode.
+            return np.zeros((0, self.channels), np.int16)
+        if self._fixed_channels is None and self._stream_channels == 1 and _opus_toc_stereo(data):
+            self._stream_channels = 2  # sticky: a stereo stream may code quiet parts in mono
+        parts: list[npt.NDArray[np.int16]] = []
+        start = rtp_time
+        if rtp_time is not None and self._next_rtp is not None:
+            gap = rtp_time - self._next_rtp
+            if 0 < gap <= _MAX_CONCEAL_SAMPLES:
+                parts = self._conceal(gap)
+                start = self._next_rtp
+        pcm = self._decode_packet(data)
+        if pcm is not None:
+            self._last_toc = data[0]
+            parts.append(pcm)
+            if rtp_time is not None:
+                self._next_rtp = rtp_time + len(pcm)
+        if not parts:
+            return np.zeros((0, self.channels), np.int16)
+        out = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        self.start_rtp_time = start
+        if out.shape[1] != self.channels:
+            # Auto mode while the stream is mono: both decoded channels are
+            # the same signal, so one of them is exact.
+            out = np.ascontiguousarray(out[:, :1])
+        return out

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-
 import contextlib
 import logging
 from collections.abc import AsyncIterator

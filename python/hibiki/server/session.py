@@ -31,7 +31,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.websockets import WebSocket
 
@@ -52,7 +52,7 @@ from hibiki.server.validation import (
 )
 
 if TYPE_CHECKING:
-    from hibiki._core import Event
+    from hibiki._core import DataChannelSpec, Event, OpusParams
     from hibiki.server.hub import Hub
 
 __all__ = ["SessionState", "SignalingSession"]
@@ -482,8 +482,8 @@ class SignalingSession:
                 recv=req.recv,
                 video_codec=req.video_codec_type,
                 audio_codec=req.audio_codec_type,
-                data_channels=plan.sfu_specs() if plan else None,
-                opus_params=req.opus_params if req.send_audio or req.recv else None,
+                data_channels=cast("list[DataChannelSpec] | None", plan.sfu_specs() if plan else None),
+                opus_params=cast("OpusParams | None", req.opus_params if req.send_audio or req.recv else None),
             )
         except ValueError as exc:
             raise SignalingError(str(exc) or "the SFU refused the connection") from None

@@ -276,7 +276,7 @@ def _opus_params(msg: dict[str, Any]) -> dict[str, Any] | None:
         value = params[key]
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             raise SignalingError(f"invalid audio.opus_params.{key}: must be {kind.__name__}, got {json_type(value)}")
-        if key == "minptime" and not 3 <= value <= 120:
+        if key == "minptime" and isinstance(value, int) and not 3 <= value <= 120:
             raise SignalingError(f"invalid audio.opus_params.minptime: {value} is out of range 3..120")
         out[key] = value
     return out or None

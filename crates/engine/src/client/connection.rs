@@ -212,7 +212,7 @@ impl ClientConnection {
                     None,
                 ));
             }
-            PeerEvent::Rtp(_) => {}
+            PeerEvent::Rtp(_) | PeerEvent::SenderReport { .. } => {}
         }
     }
 }

@@ -42,6 +42,7 @@ enum Command {
     },
     RequestKeyframe(u64, String),
     SendInfo(u64, String, String, Reply<(u8, u32)>),
+    DesiredBitrate(u64, u64),
     SendData(u64, String, Vec<u8>, Reply<bool>),
     CloseChannels(u64),
     Close(u64),
@@ -149,6 +150,12 @@ impl ClientEngine {
                 .and_then(|age| Instant::now().checked_sub(age))
                 .unwrap_or_else(Instant::now),
         })
+    }
+
+    /// The total rate (bit/s) we would like to send at; the bandwidth
+    /// estimator probes towards it and `bitrate` events follow.
+    pub fn set_desired_bitrate(&self, handle: u64, bps: u64) {
+        self.commands.send(Command::DesiredBitrate(handle, bps));
     }
 
     /// The (payload type, SSRC) that frames of `codec` go out with on `mid`.
@@ -368,6 +375,12 @@ impl Worker {
                     Ok(())
                 });
                 let _ = reply.send(r);
+            }
+            Command::DesiredBitrate(handle, bps) => {
+                self.with_conn(handle, |c| {
+                    c.peer.set_desired_bitrate(bps);
+                    Ok(())
+                });
             }
             Command::SendData(handle, label, data, reply) => {
                 let mut r = Err(format!("unknown connection {handle}"));

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use super::clock::ClockBase;
 use super::track::TrackKey;
 use super::DataChannelSpec;
 use crate::peer::{Kind, Mid, Peer};
@@ -36,6 +37,8 @@ pub struct Connection {
     /// Our m-lines to stop in the next re-offer.
     pub pending_stop: Vec<Mid>,
     pub data_channels: Vec<DataChannelSpec>,
+    /// Maps this publisher's capture clock onto ours (its first sender report).
+    pub clock: Option<ClockBase>,
 }
 
 impl Connection {

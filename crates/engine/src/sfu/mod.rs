@@ -4,6 +4,7 @@
 //! crosses threads. The control plane talks to shards with [`Command`]s and
 //! hears back through the shared [`EventQueue`].
 
+mod clock;
 mod connection;
 mod shard;
 mod track;

@@ -21,6 +21,7 @@ use mio::net::UdpSocket;
 use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, info, warn};
 
+use super::clock::{ClockBase, SenderReport};
 use super::connection::{new_subscription, Connection};
 use super::track::{Track, TrackKey};
 use super::{next_id, Command, ConnectionSpec, Created};
@@ -288,6 +289,17 @@ impl Shard {
         };
         let nackable = track.kind == Kind::Video;
         let now = Instant::now();
+        // The publisher's capture instant, so that our sender reports keep
+        // its audio and video in sync (see clock.rs).
+        let wallclock = match self.conns.get(&publisher).and_then(|c| c.clock) {
+            Some(base) => base.capture_instant(
+                track.sender_report,
+                pkt.time as u32,
+                track.clock_rate(),
+                pkt.received,
+            ),
+            None => pkt.received,
+        };
         let mut out = std::mem::take(&mut self.scratch);
         for &(sub_id, sub_mid) in &track.subscribers {
             let Some(conn) = self.conns.get_mut(&sub_id) else {
@@ -315,7 +327,7 @@ impl Shard {
                     pkt.pt,
                     seq,
                     ts,
-                    pkt.received,
+                    wallclock,
                     pkt.marker,
                     pkt.audio_level,
                     payload,
@@ -434,6 +446,23 @@ impl Shard {
                             label,
                             Some(data),
                         ));
+                    }
+                }
+            }
+            PeerEvent::SenderReport {
+                mid,
+                ntp,
+                rtp,
+                received,
+            } => {
+                let Some(report) = SenderReport::new(ntp, rtp) else {
+                    return;
+                };
+                if let Some(track) = self.tracks.get_mut(&(id, mid)) {
+                    track.sender_report = Some(report);
+                    if let Some(conn) = self.conns.get_mut(&id) {
+                        conn.clock
+                            .get_or_insert_with(|| ClockBase::new(report, received));
                     }
                 }
             }
@@ -666,6 +695,7 @@ impl Shard {
             pending_add: Vec::new(),
             pending_stop: Vec::new(),
             data_channels: spec.data_channels.clone(),
+            clock: None,
         };
         for (i, change) in changes.iter().enumerate().take(upstream_count) {
             if let (OfferChange::AddRecv(kind), Some(mid)) = (change, mids[i]) {

@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::clock::SenderReport;
 use crate::peer::{Kind, Mid};
 
 /// A track is identified by its publisher and the publisher's m-line.
@@ -17,6 +18,8 @@ pub struct Track {
     pub track_id: String,
     /// (subscriber connection, subscriber's m-line).
     pub subscribers: Vec<(u64, Mid)>,
+    /// The publisher's latest RTCP sender report for this track.
+    pub sender_report: Option<SenderReport>,
     last_keyframe_request: Option<Instant>,
 }
 
@@ -27,7 +30,16 @@ impl Track {
             publisher_name,
             track_id,
             subscribers: Vec::new(),
+            sender_report: None,
             last_keyframe_request: None,
+        }
+    }
+
+    /// RTP clock rate of the track's codec (Opus 48 kHz, video 90 kHz).
+    pub fn clock_rate(&self) -> u32 {
+        match self.kind {
+            Kind::Audio => 48_000,
+            Kind::Video => 90_000,
         }
     }
 

@@ -10,7 +10,8 @@ Every public name of ``sora-sdk`` 2025.4 is here with the same signature
 values, and callback semantics. The classes are thin adapters over the
 Hibiki SDK (:mod:`hibiki`): ``Sora`` over :class:`hibiki.Hibiki`,
 ``SoraConnection`` over :class:`hibiki.Connection`, sinks over
-:class:`hibiki.VideoSink` / :class:`hibiki.AudioSink`, and so on; each
+:class:`hibiki.VideoSink` / :class:`hibiki.AudioSink` /
+:class:`hibiki.AudioStreamSink`, ``SoraVAD`` over :class:`hibiki.VAD`, and so on; each
 adapter exposes the Hibiki object under it (``hibiki_connection``,
 ``hibiki_track``, ``hibiki_source``) for the features sora-sdk lacks
 (asyncio face, ``await track.recv()``).
@@ -19,16 +20,21 @@ Where behaviour differs from sora-sdk, the class or function says so in its
 docstring. In short:
 
 * Media runs through FFmpeg (:mod:`hibiki.media`), not libwebrtc: codec
-  engines other than ``INTERNAL`` (OpenH264, Intel VPL, NVIDIA, AMD) are not
-  offered yet, and ``get_stats()`` reports what Hibiki counts, in W3C form,
-  rather than libwebrtc's full report.
+  implementations map onto FFmpeg's encoders and decoders
+  (:mod:`hibiki.media.codecs`; NVIDIA is nvenc/cuvid, Intel VPL is qsv, AMD
+  is amf), which ``get_video_codec_capability()`` probes by opening them;
+  asking for one that does not open raises ``RuntimeError`` naming what is
+  missing. ``get_stats()`` reports what Hibiki counts, in W3C form, rather
+  than libwebrtc's full report.
 * Not implemented yet, raising ``NotImplementedError`` with a message:
-  ``SoraVAD.analyze``, encoded-frame transforms (transformers given to
-  ``create_connection`` or ``set_frame_transformer``), sinks on local
-  sources, hardware codec preferences.
+  sinks on local sources.
+* Encoded-frame transforms run ``on_transform`` on one Hibiki thread per
+  transformer (sora-sdk: on libwebrtc's threads).
+* ``SoraVAD`` runs the Silero model (:class:`hibiki.VAD`) instead of
+  libwebrtc's RNN VAD: the same 0..1 speech probability, different numbers.
 * Accepted and ignored with a ``UserWarning`` when set: simulcast and
   spotlight options, forwarding filters, TLS client certificates, proxy
-  credentials, ``degradation_preference``.
+  credentials.
 * Callbacks run on one SDK thread (``hibiki-callbacks``), in order; media
   callbacks (``on_frame``, ``on_data``) on the track's decoder thread.
 """

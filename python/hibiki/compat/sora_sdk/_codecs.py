@@ -2,22 +2,24 @@
 
 sora-sdk chooses, per codec, which engine encodes and decodes (libwebrtc's
 own, OpenH264, Intel VPL, NVIDIA, AMD). Hibiki's codecs all run through
-FFmpeg (:mod:`hibiki.media`); here they are the ``INTERNAL`` engine, and
-:func:`get_video_codec_capability` reports which of them this process can
-actually open. Hardware engines are not offered yet: a
-:class:`SoraVideoCodecPreference` that asks for one makes ``Sora(...)``
-raise ``NotImplementedError`` (sora-sdk raises ``RuntimeError`` for an
-engine it cannot use; ``NotImplementedError`` is a ``RuntimeError``).
+FFmpeg, and :mod:`hibiki.media.codecs` maps each engine onto FFmpeg codecs:
+``INTERNAL`` is the software codecs (libvpx, SVT-AV1/dav1d, x264, x265,
+FFmpeg's decoders), ``NVIDIA_VIDEO_CODEC_SDK`` nvenc/cuvid, ``INTEL_VPL``
+qsv, ``AMD_AMF`` amf, ``CISCO_OPENH264`` libopenh264.
+:func:`get_video_codec_capability` reports what this process can really
+open (each codec is probed once per process), and a
+:class:`SoraVideoCodecPreference` that asks for an engine this machine
+lacks makes ``Sora(...)`` raise ``RuntimeError`` naming what is missing,
+as sora-sdk does.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+from hibiki.media.codecs import Implementation, missing_message, probe, probe_one
 
 from ._base import no_constructor, wrap
 from ._enums import SoraVideoCodecImplementation, SoraVideoCodecType
@@ -162,42 +164,36 @@ def _parameters(**values: Any) -> SoraVideoCodecCapability.Parameters:
     return wrap(SoraVideoCodecCapability.Parameters, _values=values)
 
 
-@functools.cache
-def _ffmpeg_support(codec: str) -> tuple[bool, bool]:
-    """(can encode, can decode) ``codec`` with hibiki.media in this process; probed once."""
-    from hibiki.media import VideoDecoder, VideoEncoder
-
-    try:
-        VideoEncoder(codec=codec).encode(np.zeros((64, 64, 3), dtype=np.uint8), 0)
-        encoder = True
-    except Exception as exc:  # noqa: BLE001 - a probe: whatever FFmpeg raises means "not available"
-        logger.debug("no %s encoder: %s", codec, exc)
-        encoder = False
-    try:
-        VideoDecoder(codec=codec)
-        decoder = True
-    except Exception as exc:  # noqa: BLE001 - as above
-        logger.debug("no %s decoder: %s", codec, exc)
-        decoder = False
-    return encoder, decoder
-
-
 def get_video_codec_capability(openh264: str | None = None) -> SoraVideoCodecCapability:
     """Which video codecs this process can encode and decode, per engine.
 
-    Differs from sora-sdk: there is one engine, ``INTERNAL``, standing for
-    Hibiki's FFmpeg codecs (probed by opening them); ``openh264`` is accepted
-    and not used (FFmpeg provides H.264 when Hibiki supports it), and no
-    hardware engines are listed yet.
+    As in sora-sdk, ``INTERNAL`` is always listed and another engine only
+    when it can encode or decode at least one codec here (an NVIDIA engine
+    on a machine with an NVIDIA GPU...). Each engine is Hibiki's mapping
+    onto FFmpeg (:mod:`hibiki.media.codecs`), probed by opening every
+    encoder and decoding a frame with every decoder, once per process.
+    Differences: ``INTERNAL`` includes H.264 (x264 / FFmpeg's decoder) and
+    H.265 (x265 / FFmpeg's decoder), which libwebrtc's software engine
+    lacks; ``openh264`` is accepted and not used (``CISCO_OPENH264`` means
+    FFmpeg's libopenh264, listed when FFmpeg has it); engine parameters
+    (versions, device names) are all None.
     """
-    codecs = []
-    for codec_type in _CODEC_ORDER:
-        encoder, decoder = _ffmpeg_support(codec_type.name)
-        codecs.append(wrap(SoraVideoCodecCapability.Codec, _type=codec_type, _encoder=encoder,
-                           _decoder=decoder, _parameters=_parameters()))
-    engine = wrap(SoraVideoCodecCapability.Engine, _name=SoraVideoCodecImplementation.INTERNAL,
-                  _codecs=codecs, _parameters=_parameters())
-    return wrap(SoraVideoCodecCapability, _engines=[engine])
+    capability = probe()
+    engines = []
+    for impl in SoraVideoCodecImplementation:
+        entries = [capability.get(codec_type.name, Implementation.coerce(impl)) for codec_type in _CODEC_ORDER]
+        if impl != SoraVideoCodecImplementation.INTERNAL and not any(
+            e.can_encode or e.can_decode for e in entries
+        ):
+            continue
+        codecs = [
+            wrap(SoraVideoCodecCapability.Codec, _type=codec_type, _encoder=entry.can_encode,
+                 _decoder=entry.can_decode, _parameters=_parameters())
+            for codec_type, entry in zip(_CODEC_ORDER, entries, strict=True)
+        ]
+        engines.append(wrap(SoraVideoCodecCapability.Engine, _name=impl, _codecs=codecs,
+                            _parameters=_parameters()))
+    return wrap(SoraVideoCodecCapability, _engines=engines)
 
 
 class SoraVideoCodecPreference:
@@ -339,9 +335,16 @@ def create_video_codec_preference_from_implementation(
 def check_preference(preference: SoraVideoCodecPreference | None) -> None:
     """Refuse a preference this process cannot honour (``Sora(video_codec_preference=...)``).
 
+    Every engine named for a codec is probed (once per process) for that
+    codec and role.
+
     Raises:
-        NotImplementedError: it names a hardware/OpenH264 engine (not in Hibiki yet).
-        RuntimeError: it asks the FFmpeg engine for a codec it cannot encode/decode here.
+        RuntimeError: an engine cannot encode/decode its codec here; the
+            message names the FFmpeg codec that failed and why, e.g.
+            ``no H264 encoder with NVIDIA_VIDEO_CODEC_SDK: h264_nvenc did not
+            open: Cannot load libcuda.so.1 (NVIDIA_VIDEO_CODEC_SDK needs an
+            NVIDIA GPU ...)``, as sora-sdk raises ``RuntimeError`` for an
+            engine it cannot use.
         TypeError: it is not a :class:`SoraVideoCodecPreference`.
     """
     if preference is None:
@@ -353,13 +356,6 @@ def check_preference(preference: SoraVideoCodecPreference | None) -> None:
         for role, impl in (("encoder", codec._encoder), ("decoder", codec._decoder)):
             if impl is None:
                 continue
-            if impl != SoraVideoCodecImplementation.INTERNAL:
-                raise NotImplementedError(
-                    f"video_codec_preference: the {impl.name} engine ({codec.type.name} {role}) is not "
-                    "available in Hibiki yet; only INTERNAL (FFmpeg software codecs) is"
-                )
-            can_encode, can_decode = _ffmpeg_support(codec.type.name)
-            if not (can_encode if role == "encoder" else can_decode):
-                raise RuntimeError(
-                    f"video_codec_preference: no {codec.type.name} {role} is available in this process"
-                )
+            support = probe_one(codec.type.name, Implementation.coerce(impl))
+            if not (support.can_encode if role == "encoder" else support.can_decode):
+                raise RuntimeError(f"video_codec_preference: {missing_message(support, role)}")

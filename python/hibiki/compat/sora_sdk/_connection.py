@@ -49,7 +49,6 @@ from ._tracks import (
 from ._transform import (
     SoraAudioFrameTransformer,
     SoraVideoFrameTransformer,
-    transformers_not_implemented,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -268,8 +267,9 @@ class Sora:
 
     ``openh264`` is accepted and not used (Hibiki's codecs come from FFmpeg).
     ``video_codec_preference`` is checked against what this process can
-    encode and decode: hardware engines raise ``NotImplementedError`` (not
-    in Hibiki yet). ``hibiki`` is the underlying :class:`hibiki.Hibiki`.
+    encode and decode (FFmpeg's encoders and decoders, opened for real): an
+    engine that does not open here raises ``RuntimeError`` naming what is
+    missing. ``hibiki`` is the underlying :class:`hibiki.Hibiki`.
     """
 
     def __init__(self, openh264: str | None = None,
@@ -343,16 +343,14 @@ class Sora:
 
         * invalid ``signaling_urls``/``role``/``channel_id`` raise
           ``ValueError`` here rather than failing later in ``on_disconnect``;
-        * a frame transformer raises ``NotImplementedError`` (encoded
-          transforms are not in Hibiki yet, and silently sending
-          untransformed media would be worse);
+        * frame transformers run ``on_transform`` on a Hibiki thread (see
+          :mod:`hibiki.compat.sora_sdk._transform`); a transformer of the
+          wrong kind raises ``TypeError`` here;
         * arguments Hibiki does not act on yet (simulcast, spotlight,
           forwarding filters, TLS client certificates, proxy credentials,
-          degradation preference, ...) are accepted and ignored with a
+          ...) are accepted and ignored with a
           ``UserWarning`` when set.
         """
-        if audio_frame_transformer is not None or video_frame_transformer is not None:
-            raise transformers_not_implemented("create_connection(audio/video_frame_transformer=...)")
         options: dict[str, Any] = {
             "simulcast": simulcast, "spotlight": spotlight, "spotlight_number": spotlight_number,
             "simulcast_rid": simulcast_rid, "spotlight_focus_rid": spotlight_focus_rid,
@@ -362,7 +360,6 @@ class Sora:
             "audio_streaming_language_code": audio_streaming_language_code, "insecure": insecure,
             "client_cert": client_cert, "client_key": client_key, "ca_cert": ca_cert,
             "proxy_username": proxy_username, "proxy_password": proxy_password, "proxy_agent": proxy_agent,
-            "degradation_preference": degradation_preference,
         }
         # Hibiki warns about arguments it ignores; re-issue those warnings so
         # that they point at the user's create_connection() line.
@@ -396,6 +393,9 @@ class Sora:
                 ignore_disconnect_websocket=ignore_disconnect_websocket,
                 data_channels=data_channels,
                 disconnect_wait_timeout=disconnect_wait_timeout,
+                audio_frame_transformer=audio_frame_transformer,
+                video_frame_transformer=video_frame_transformer,
+                degradation_preference=degradation_preference,
                 **options,
             )
         for warning in caught:

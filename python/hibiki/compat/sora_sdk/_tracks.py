@@ -90,15 +90,15 @@ class SoraMediaTrack(SoraTrackInterface):
         return str(self._inner.stream_id)
 
     def set_frame_transformer(self, arg: SoraFrameTransformer, /) -> None:
-        """Not available yet: encoded-frame transforms come with a later Hibiki release.
+        """Pass this track's received encoded frames through ``arg`` before they are decoded.
 
-        Raises:
-            NotImplementedError: always.
+        ``arg`` is a :class:`SoraVideoFrameTransformer` for a video track, a
+        :class:`SoraAudioFrameTransformer` for an audio one (Hibiki's own
+        transformers are accepted too). Set it in ``on_track``, before the
+        first frames arrive. Raises ``TypeError`` for a transformer of the
+        other kind (sora-sdk would hand the frames to it regardless).
         """
-        raise NotImplementedError(
-            "SoraMediaTrack.set_frame_transformer: encoded-frame transforms (insertable streams) "
-            "are not implemented in Hibiki yet"
-        )
+        self._inner.set_frame_transformer(arg)
 
     @property
     def hibiki_track(self) -> MediaTrack:

@@ -1,10 +1,22 @@
-"""Encoded-frame transforms (sora-sdk's insertable-streams API): names and shapes, no engine hook yet.
+"""Encoded-frame transforms (sora-sdk's insertable-streams API) over :mod:`hibiki.client.transform`.
 
-The classes exist with sora-sdk's attributes so that programs import and
-type-check. Hibiki does not route encoded frames through Python transformers
-yet (a later release does): giving a transformer to ``create_connection`` or
-``SoraMediaTrack.set_frame_transformer`` raises ``NotImplementedError``
-rather than silently sending untransformed (e.g. unencrypted) media.
+The sora-sdk classes are subclasses of Hibiki's, so one machinery runs both:
+
+* ``SoraAudioFrameTransformer`` / ``SoraVideoFrameTransformer`` are
+  :class:`hibiki.client.transform.AudioFrameTransformer` /
+  :class:`~hibiki.client.transform.VideoFrameTransformer` whose
+  ``on_transform`` gets ``SoraTransformableAudioFrame`` /
+  ``SoraTransformableVideoFrame`` objects;
+* give a sending one to ``Sora.create_connection(audio_frame_transformer=...,
+  video_frame_transformer=...)`` and a receiving one to
+  ``SoraMediaTrack.set_frame_transformer`` (usually in ``on_track``), as
+  with sora-sdk.
+
+Differences from sora-sdk (see :mod:`hibiki.client.transform`): the callback
+runs on a Hibiki worker thread (one per transformer) rather than a libwebrtc
+thread; enqueueing a frame twice is ignored with a warning; a frame whose
+``on_transform`` raised is dropped (and the exception logged) instead of
+reaching libwebrtc's error handling.
 """
 
 from __future__ import annotations
@@ -12,10 +24,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
+from hibiki.client.transform import (
+    AudioFrameTransformer,
+    FrameTransformer,
+    TransformableAudioFrame,
+    TransformableFrame,
+    TransformableFrameDirection,
+    TransformableVideoFrame,
+    VideoFrameTransformer,
+)
 
-from ._base import no_constructor, wrap
+from ._base import no_constructor
 from ._enums import SoraTransformableAudioFrameType, SoraTransformableFrameDirection
 
 __all__ = [
@@ -27,28 +46,15 @@ __all__ = [
     "SoraVideoFrameTransformer",
 ]
 
-_EMPTY_U32: npt.NDArray[np.uint32] = np.zeros(0, dtype=np.uint32)
-_EMPTY_I64: npt.NDArray[np.int64] = np.zeros(0, dtype=np.int64)
 
-
-def _readonly(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    view = array.view()
-    view.flags.writeable = False
-    return view
-
-
-class SoraTransformableFrame:
+class SoraTransformableFrame(TransformableFrame):
     """An encoded frame passing through a transformer: payload plus RTP metadata.
 
     Not constructible by applications (they receive frames in ``on_transform``).
+    ``get_data()`` is a read-only ``uint8`` view; ``set_data(array)`` replaces
+    the payload; ``payload_type``, ``ssrc``, ``rtp_timestamp`` (settable),
+    ``direction`` and ``mine_type`` (also spelled ``mime_type``) describe it.
     """
-
-    _data: npt.NDArray[np.uint8]
-    _payload_type: int
-    _ssrc: int
-    _rtp_timestamp: int
-    _direction: SoraTransformableFrameDirection
-    _mime_type: str
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         no_constructor(self)
@@ -56,115 +62,36 @@ class SoraTransformableFrame:
     @classmethod
     def _create(cls, data: bytes, *, payload_type: int = 0, ssrc: int = 0, rtp_timestamp: int = 0,
                 direction: SoraTransformableFrameDirection = SoraTransformableFrameDirection.UNKNOWN,
-                mime_type: str = "", **extra: Any) -> Any:
-        """Build a frame (for the SDK's own use; the engine hook will call this)."""
-        return wrap(cls, _data=np.frombuffer(bytes(data), dtype=np.uint8), _payload_type=payload_type,
-                    _ssrc=ssrc, _rtp_timestamp=rtp_timestamp, _direction=direction, _mime_type=mime_type,
-                    **{f"_{k}": v for k, v in extra.items()})
-
-    def get_data(self) -> npt.NDArray[np.uint8]:
-        """The encoded payload, read-only ``uint8`` (copy it to modify, then :meth:`set_data`)."""
-        return _readonly(self._data)
-
-    def set_data(self, arg: npt.NDArray[np.uint8], /) -> None:
-        """Replace the payload (e.g. with its encrypted form)."""
-        self._data = np.array(np.asarray(arg, dtype=np.uint8).reshape(-1), copy=True)
+                codec: str = "", **metadata: Any) -> Any:
+        """Build a frame outside a transformer (for tests of transform functions; it cannot be enqueued)."""
+        return cls._build(bytes(data), payload_type=payload_type, ssrc=ssrc, rtp_time=rtp_timestamp,
+                          direction=TransformableFrameDirection(int(direction)), codec=codec, metadata=metadata)
 
     @property
-    def payload_type(self) -> int:
-        return self._payload_type
+    def direction(self) -> SoraTransformableFrameDirection:  # type: ignore[override]  # sora-sdk's enum
+        """``SENDER`` (from our encoder) or ``RECEIVER`` (from the network)."""
+        return SoraTransformableFrameDirection(int(self._direction))
+
+
+class SoraTransformableAudioFrame(SoraTransformableFrame, TransformableAudioFrame):
+    """An encoded audio frame (one Opus packet): adds CSRCs, sequence number, capture time, audio level.
+
+    As in sora-sdk, ``sequence_number``, ``audio_level`` and ``receive_time``
+    are known for received frames only (None otherwise), and
+    ``absolute_capture_timestamp`` is an NTP UQ32.32 time.
+    """
 
     @property
-    def ssrc(self) -> int:
-        return self._ssrc
-
-    @property
-    def rtp_timestamp(self) -> int:
-        return self._rtp_timestamp
-
-    @rtp_timestamp.setter
-    def rtp_timestamp(self, arg: int, /) -> None:
-        self._rtp_timestamp = int(arg)
-
-    @property
-    def direction(self) -> SoraTransformableFrameDirection:
-        return self._direction
-
-    @property
-    def mine_type(self) -> str:
-        """The codec MIME type, e.g. ``"video/VP8"`` (sora-sdk 2025.4 spells the name ``mine_type``)."""
-        return self._mime_type
+    def type(self) -> SoraTransformableAudioFrameType:  # type: ignore[override]  # sora-sdk's enum
+        """``SPEECH``, ``CN`` (an Opus DTX packet) or ``EMPTY``."""
+        return SoraTransformableAudioFrameType(int(TransformableAudioFrame.type.__get__(self)))
 
 
-class SoraTransformableAudioFrame(SoraTransformableFrame):
-    """An encoded audio frame (adds CSRCs, sequence number, capture time, audio level)."""
-
-    @property
-    def contributing_sources(self) -> npt.NDArray[np.uint32]:
-        return _readonly(getattr(self, "_contributing_sources", _EMPTY_U32))
-
-    @property
-    def sequence_number(self) -> int | None:
-        return getattr(self, "_sequence_number", None)
-
-    @property
-    def absolute_capture_timestamp(self) -> int | None:
-        return getattr(self, "_absolute_capture_timestamp", None)
-
-    @property
-    def type(self) -> SoraTransformableAudioFrameType:
-        return getattr(self, "_type", SoraTransformableAudioFrameType.SPEECH)
-
-    @property
-    def audio_level(self) -> int | None:
-        return getattr(self, "_audio_level", None)
-
-    @property
-    def receive_time(self) -> int | None:
-        return getattr(self, "_receive_time", None)
+class SoraTransformableVideoFrame(SoraTransformableFrame, TransformableVideoFrame):
+    """An encoded video frame: adds keyframe flag, frame id, dependencies, size (keyframes), layer indices."""
 
 
-class SoraTransformableVideoFrame(SoraTransformableFrame):
-    """An encoded video frame (adds keyframe flag, frame id, dependencies, size, layer indices)."""
-
-    @property
-    def is_key_frame(self) -> bool:
-        return bool(getattr(self, "_is_key_frame", False))
-
-    @property
-    def frame_id(self) -> int | None:
-        return getattr(self, "_frame_id", None)
-
-    @property
-    def frame_dependencies(self) -> npt.NDArray[np.int64]:
-        return _readonly(getattr(self, "_frame_dependencies", _EMPTY_I64))
-
-    @property
-    def width(self) -> int:
-        return int(getattr(self, "_width", 0))
-
-    @property
-    def height(self) -> int:
-        return int(getattr(self, "_height", 0))
-
-    @property
-    def spatial_index(self) -> int:
-        return int(getattr(self, "_spatial_index", 0))
-
-    @property
-    def temporal_index(self) -> int:
-        return int(getattr(self, "_temporal_index", 0))
-
-    @property
-    def contributing_sources(self) -> npt.NDArray[np.uint32]:
-        return _readonly(getattr(self, "_contributing_sources", _EMPTY_U32))
-
-
-_NOT_YET = ("encoded-frame transforms (insertable streams) are not implemented in Hibiki yet; "
-            "a transformer cannot be attached to a connection or track")
-
-
-class SoraFrameTransformer:
+class SoraFrameTransformer(FrameTransformer):
     """Base of the audio and video transformers: ``enqueue`` a transformed frame, or short-circuit.
 
     Not constructible itself (as in sora-sdk); create a
@@ -174,32 +101,34 @@ class SoraFrameTransformer:
     def __init__(self) -> None:
         if type(self) is SoraFrameTransformer:
             no_constructor(self)
-        self._short_circuit = False
+        super().__init__()
 
-    def enqueue(self, arg: SoraTransformableFrame, /) -> None:
-        """Send ``arg`` on (after ``on_transform`` changed it).
+    def enqueue(self, arg: TransformableFrame, /) -> None:
+        """Send ``arg`` on (to the packetizer when sending, the decoder when receiving).
 
-        Raises:
-            NotImplementedError: always, for now (no frames flow through transformers yet).
+        Call it once per frame, from ``on_transform`` or later from any
+        thread; a frame never enqueued is dropped.
         """
-        if not isinstance(arg, SoraTransformableFrame):
-            raise TypeError(f"enqueue() takes a SoraTransformableFrame, got {type(arg).__name__}")
-        raise NotImplementedError(f"{type(self).__name__}.enqueue: {_NOT_YET}")
+        super().enqueue(arg)
 
     def start_short_circuiting(self) -> None:
-        """Stop calling ``on_transform``: frames pass through unchanged (which is all Hibiki does today)."""
-        self._short_circuit = True
+        """Frames bypass ``on_transform`` from now on and go on unchanged."""
+        super().start_short_circuiting()
 
 
-class SoraAudioFrameTransformer(SoraFrameTransformer):
-    """Transformer for audio: set ``on_transform``; not attachable yet (see module doc)."""
+class SoraAudioFrameTransformer(SoraFrameTransformer, AudioFrameTransformer):
+    """Transformer of encoded audio: set ``on_transform``, then give it to
+    ``create_connection(audio_frame_transformer=...)`` (sending) or to
+    ``SoraMediaTrack.set_frame_transformer`` (receiving)."""
+
+    _frame_type = SoraTransformableAudioFrame
 
     def __init__(self) -> None:
         super().__init__()
-        self._on_transform: Callable[[SoraTransformableAudioFrame], None] | None = None
 
     def __del__(self) -> None:
-        self._on_transform = None
+        """As in sora-sdk: frames pass unchanged once the transformer is released."""
+        self._short_circuit = True
 
     @property
     def on_transform(self) -> Callable[[SoraTransformableAudioFrame], None] | None:
@@ -211,15 +140,19 @@ class SoraAudioFrameTransformer(SoraFrameTransformer):
         self._on_transform = arg
 
 
-class SoraVideoFrameTransformer(SoraFrameTransformer):
-    """Transformer for video: set ``on_transform``; not attachable yet (see module doc)."""
+class SoraVideoFrameTransformer(SoraFrameTransformer, VideoFrameTransformer):
+    """Transformer of encoded video: set ``on_transform``, then give it to
+    ``create_connection(video_frame_transformer=...)`` (sending) or to
+    ``SoraMediaTrack.set_frame_transformer`` (receiving)."""
+
+    _frame_type = SoraTransformableVideoFrame
 
     def __init__(self) -> None:
         super().__init__()
-        self._on_transform: Callable[[SoraTransformableVideoFrame], None] | None = None
 
     def __del__(self) -> None:
-        self._on_transform = None
+        """As in sora-sdk: frames pass unchanged once the transformer is released."""
+        self._short_circuit = True
 
     @property
     def on_transform(self) -> Callable[[SoraTransformableVideoFrame], None] | None:
@@ -229,8 +162,3 @@ class SoraVideoFrameTransformer(SoraFrameTransformer):
     @on_transform.setter
     def on_transform(self, arg: Callable[[SoraTransformableVideoFrame], None] | None, /) -> None:
         self._on_transform = arg
-
-
-def transformers_not_implemented(where: str) -> NotImplementedError:
-    """The error ``create_connection`` raises when given a transformer."""
-    return NotImplementedError(f"{where}: {_NOT_YET}")
