@@ -405,7 +405,9 @@ def run_example(server: Any, channel: str, key: bytes, *extra: str, tmp_path: Pa
                                                        if p), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, str(REPO / "examples" / "e2ee.py"), "--url", server.signaling_url, "--channel", channel,
-         "--key", key.hex(), "--duration", "6", *extra],
+         # Long enough that all three overlap for several seconds even when
+         # their start-up (imports, connect) is slow on a loaded machine.
+         "--key", key.hex(), "--duration", "12", *extra],
         stdout=subprocess.PIPE, stderr=open(tmp_path / f"{tag}.err", "w"), text=True, env=env, cwd=REPO)
 
 
@@ -420,7 +422,7 @@ def test_example_two_participants_one_key_and_an_outsider(server: Any, tmp_path:
     out: dict[str, list[dict[str, Any]]] = {}
     try:
         for name, proc in procs.items():
-            stdout, _ = proc.communicate(timeout=40)
+            stdout, _ = proc.communicate(timeout=60)
             assert proc.returncode == 0, f"{name}: rc {proc.returncode}\n{(tmp_path / f'{name}.err').read_text()}"
             out[name] = [json.loads(line) for line in stdout.splitlines() if line.strip()]
     finally:

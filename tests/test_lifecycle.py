@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import threading
 import time
 from typing import Any
@@ -60,9 +61,31 @@ def _sdk_threads() -> list[str]:
     return sorted(t.name for t in threading.enumerate() if t.name.startswith("hibiki-"))
 
 
+def _native_threads() -> dict[str, int]:
+    """Threads of this process by their OS name (FFmpeg's and Rust's included)."""
+    names: dict[str, int] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        names[name] = names.get(name, 0) + 1
+    return names
+
+
 def _measure(proc: psutil.Process) -> tuple[int, int, float]:
     gc.collect()
     return proc.num_threads(), proc.num_fds(), proc.memory_info().rss / 2**20
+
+
+def _wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
 
 
 @pytest.mark.timeout(300)
@@ -74,12 +97,14 @@ def test_connect_disconnect_cycles_do_not_leak(server: Any) -> None:
     # disconnect() returns; wait for them rather than race them.
     wait_until(lambda: _sdk_threads() == ["hibiki-callbacks", "hibiki-loop"], 5, "SDK workers to exit")
     threads0, fds0, rss0 = _measure(proc)
+    names0 = _native_threads()
     t0 = time.monotonic()
     for _ in range(CYCLES):
         _one_cycle(server, sdk)
     per_cycle = (time.monotonic() - t0) / CYCLES
     wait_until(lambda: _sdk_threads() == ["hibiki-callbacks", "hibiki-loop"], 5, "SDK workers to exit")
-    wait_until(lambda: proc.num_threads() <= threads0 + THREAD_TOLERANCE, 5, "thread count to settle")
+    settled = _wait_for(lambda: proc.num_threads() <= threads0 + THREAD_TOLERANCE, 5)
+    assert settled, f"threads grew: {names0} -> {_native_threads()}; Python threads: {sorted(t.name for t in threading.enumerate())}"
     threads1, fds1, rss1 = _measure(proc)
     print(f"\n{CYCLES} cycles, {per_cycle * 1000:.0f} ms each: threads {threads0}->{threads1}, "
           f"fds {fds0}->{fds1}, rss {rss0:.1f}->{rss1:.1f} MiB")

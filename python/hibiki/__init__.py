@@ -50,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client.aio import ConnectContext as ConnectContext
     from .client.aio import connect as connect
     from .client.connection import Connection as Connection
+    from .client.e2ee import FrameCryptor as FrameCryptor
     from .client.errors import HibikiConnectionError as ConnectionError
     from .client.errors import HibikiConnectionError as HibikiConnectionError
     from .client.errors import HibikiError as HibikiError
@@ -66,6 +67,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from .client.tracks import AudioFrame as AudioFrame
     from .client.tracks import MediaTrack as MediaTrack
     from .client.tracks import VideoFrame as VideoFrame
+    from .client.transform import AudioFrameTransformer as AudioFrameTransformer
+    from .client.transform import VideoFrameTransformer as VideoFrameTransformer
+    from .media.adaptation import DegradationPreference as DegradationPreference
+    from .media.codecs import Implementation as Implementation
     from .media.vad import VAD as VAD
 
 _EXPORTS: dict[str, tuple[str, str | None]] = {
@@ -82,6 +87,11 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
     "VideoFrame": ("hibiki.client.tracks", "VideoFrame"),
     "AudioFrame": ("hibiki.client.tracks", "AudioFrame"),
     "VAD": ("hibiki.media.vad", "VAD"),
+    "AudioFrameTransformer": ("hibiki.client.transform", "AudioFrameTransformer"),
+    "VideoFrameTransformer": ("hibiki.client.transform", "VideoFrameTransformer"),
+    "FrameCryptor": ("hibiki.client.e2ee", "FrameCryptor"),
+    "DegradationPreference": ("hibiki.media.adaptation", "DegradationPreference"),
+    "Implementation": ("hibiki.media.codecs", "Implementation"),
     "SignalingErrorCode": ("hibiki.client.events", "SignalingErrorCode"),
     "SignalingType": ("hibiki.client.events", "SignalingType"),
     "SignalingDirection": ("hibiki.client.events", "SignalingDirection"),
@@ -95,21 +105,26 @@ _EXPORTS: dict[str, tuple[str, str | None]] = {
 __all__ = [  # literal, so that type checkers see the re-exports
     "VAD",
     "AudioFrame",
+    "AudioFrameTransformer",
     "AudioSink",
     "AudioSource",
     "AudioStreamSink",
     "ConnectContext",
     "Connection",
     "ConnectionError",
+    "DegradationPreference",
+    "FrameCryptor",
     "Hibiki",
     "HibikiConnectionError",
     "HibikiError",
+    "Implementation",
     "MediaTrack",
     "SignalingDirection",
     "SignalingErrorCode",
     "SignalingType",
     "TrackEnded",
     "VideoFrame",
+    "VideoFrameTransformer",
     "VideoSink",
     "VideoSource",
     "__version__",

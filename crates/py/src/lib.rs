@@ -122,58 +122,53 @@ struct ShardStats {
     connections: u64,
 }
 
+/// `d[key]` converted, None when absent or None; `what` names the dict in errors.
+fn optional<'py, T: FromPyObjectOwned<'py>>(
+    d: &Bound<'py, PyDict>,
+    key: &str,
+    what: &str,
+) -> PyResult<Option<T>> {
+    match d.get_item(key)? {
+        Some(v) if !v.is_none() => {
+            Ok(Some(v.extract().map_err(|_| {
+                PyValueError::new_err(format!("{what} {key:?} has the wrong type"))
+            })?))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// A data channel description from Python: a dict with `label` and
 /// optional `ordered`, `max_packet_life_time`, `max_retransmits`,
 /// `protocol`, `messaging`, `send`, `recv`, `header`.
 fn data_channel_spec(d: &Bound<'_, PyDict>) -> PyResult<DataChannelSpec> {
-    fn get<'py, T: FromPyObjectOwned<'py>>(
-        d: &Bound<'py, PyDict>,
-        key: &str,
-    ) -> PyResult<Option<T>> {
-        match d.get_item(key)? {
-            Some(v) if !v.is_none() => Ok(Some(v.extract().map_err(|_| {
-                PyValueError::new_err(format!("data channel field {key:?} has the wrong type"))
-            })?)),
-            _ => Ok(None),
-        }
-    }
-    let label: String =
-        get(d, "label")?.ok_or_else(|| PyValueError::new_err("data channel needs a label"))?;
+    let label: String = optional(d, "label", "data channel field")?
+        .ok_or_else(|| PyValueError::new_err("data channel needs a label"))?;
     Ok(DataChannelSpec {
-        messaging: get(d, "messaging")?.unwrap_or_else(|| label.starts_with('#')),
-        send: get(d, "send")?.unwrap_or(true),
-        recv: get(d, "recv")?.unwrap_or(true),
-        header: get(d, "header")?.unwrap_or(false),
-        compress: get(d, "compress")?.unwrap_or(false),
+        messaging: optional(d, "messaging", "data channel field")?
+            .unwrap_or_else(|| label.starts_with('#')),
+        send: optional(d, "send", "data channel field")?.unwrap_or(true),
+        recv: optional(d, "recv", "data channel field")?.unwrap_or(true),
+        header: optional(d, "header", "data channel field")?.unwrap_or(false),
+        compress: optional(d, "compress", "data channel field")?.unwrap_or(false),
         channel: ChannelSpec {
             label,
-            ordered: get(d, "ordered")?.unwrap_or(true),
-            max_packet_life_time: get(d, "max_packet_life_time")?,
-            max_retransmits: get(d, "max_retransmits")?,
-            protocol: get(d, "protocol")?.unwrap_or_default(),
+            ordered: optional(d, "ordered", "data channel field")?.unwrap_or(true),
+            max_packet_life_time: optional(d, "max_packet_life_time", "data channel field")?,
+            max_retransmits: optional(d, "max_retransmits", "data channel field")?,
+            protocol: optional(d, "protocol", "data channel field")?.unwrap_or_default(),
         },
     })
 }
 
 /// Sora's `audio.opus_params` (validated by the server) as fmtp values.
 fn opus_fmtp(d: &Bound<'_, PyDict>) -> PyResult<OpusFmtp> {
-    fn get<'py, T: FromPyObjectOwned<'py>>(
-        d: &Bound<'py, PyDict>,
-        key: &str,
-    ) -> PyResult<Option<T>> {
-        match d.get_item(key)? {
-            Some(v) if !v.is_none() => Ok(Some(v.extract().map_err(|_| {
-                PyValueError::new_err(format!("opus_params.{key} has the wrong type"))
-            })?)),
-            _ => Ok(None),
-        }
-    }
     Ok(OpusFmtp {
-        stereo: get(d, "stereo")?,
-        sprop_stereo: get(d, "sprop_stereo")?,
-        use_inband_fec: get(d, "useinbandfec")?,
-        use_dtx: get(d, "usedtx")?,
-        min_p_time: get(d, "minptime")?,
+        stereo: optional(d, "stereo", "opus_params field")?,
+        sprop_stereo: optional(d, "sprop_stereo", "opus_params field")?,
+        use_inband_fec: optional(d, "useinbandfec", "opus_params field")?,
+        use_dtx: optional(d, "usedtx", "opus_params field")?,
+        min_p_time: optional(d, "minptime", "opus_params field")?,
     })
 }
 

@@ -495,6 +495,9 @@ class MediaTrack:
         """Queue an encoded frame for the decoder. Called on the SDK loop."""
         self.frames_received += 1
         self.bytes_received += len(event.data or b"")
+        self._enqueue(event)
+
+    def _enqueue(self, item: Any) -> None:
         with self._cond:
             if self._ended:
                 return
@@ -505,7 +508,7 @@ class MediaTrack:
                 self._input.append(_RESET)
                 logger.warning("[%s] %s track %s: decoder fell behind, dropping a backlog",
                                self.connection_id, self.kind, self.mid)
-            self._input.append(event)
+            self._input.append(item)
             self._cond.notify()
 
     def _end(self) -> None:
@@ -545,16 +548,7 @@ class MediaTrack:
 
     def _push_transformed(self, item: DecoderInput) -> None:
         """Queue a frame back from the transformer (``enqueue``, any thread) for the decoder."""
-        with self._cond:
-            if self._ended:
-                return
-            if len(self._input) >= self._input_max:
-                self._input.clear()
-                self._input.append(_RESET)
-                logger.warning("[%s] %s track %s: decoder fell behind, dropping a backlog",
-                               self.connection_id, self.kind, self.mid)
-            self._input.append(item)
-            self._cond.notify()
+        self._enqueue(item)
 
     def _transform_input(self, item: Any) -> Any:
         """The frame to decode now, or None when it went to the frame transformer.

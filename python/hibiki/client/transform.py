@@ -58,6 +58,7 @@ import itertools
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
@@ -842,7 +843,9 @@ class SendTransforms:
     """
 
     def __init__(self, source: _Sender, kind: Literal["audio", "video"]) -> None:
-        self._source = source
+        # Weak: the source owns this object, and a cycle would keep the source
+        # (and its encoders' native threads) alive until garbage collection.
+        self._source = weakref.ref(source)
         self._kind = kind
         self._lock = threading.Lock()
         self.default: FrameTransformer | None = None
@@ -910,10 +913,11 @@ class SendTransforms:
             return
         if old is not None:
             old.close()
-        if transformer is None:
+        source = self._source()
+        if transformer is None or source is None:
             self._routes.pop(key, None)
             return
-        self._routes[key] = SendRoute(transformer, source=self._source, target=target, payload_type=payload_type)
+        self._routes[key] = SendRoute(transformer, source=source, target=target, payload_type=payload_type)
         if old is not None and self._kind == "video":
             # Frames of the old route still in flight are dropped: start clean.
             target.waiting_keyframe = True

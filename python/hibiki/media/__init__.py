@@ -6,6 +6,7 @@ into :class:`EncodedFrame` s stamped in the RTP clock, ready for the engine,
 and decoders turn received frames back into numpy.
 """
 
+from .adaptation import DegradationPreference, VideoAdapter
 from .audio import (
     OPUS_FRAME_DURATIONS,
     AudioConverter,
@@ -13,6 +14,7 @@ from .audio import (
     AudioEncoder,
     opus_encoder_settings,
 )
+from .codecs import CodecPreference, Implementation, probe
 from .frames import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedFrame
 from .testsrc import (
     dominant_frequency,
@@ -23,7 +25,7 @@ from .testsrc import (
     tone,
 )
 from .vad import VAD
-from .video import VideoDecoder, VideoEncoder
+from .video import CodecUnavailable, DecodedPicture, VideoDecoder, VideoEncoder
 
 __all__ = [
     "AUDIO_CLOCK_RATE",
@@ -33,13 +35,20 @@ __all__ = [
     "AudioConverter",
     "AudioDecoder",
     "AudioEncoder",
+    "CodecPreference",
+    "CodecUnavailable",
+    "DecodedPicture",
+    "DegradationPreference",
     "EncodedFrame",
+    "Implementation",
+    "VideoAdapter",
     "VideoDecoder",
     "VideoEncoder",
     "dominant_frequency",
     "level_dbfs",
     "opus_encoder_settings",
     "pattern_intact",
+    "probe",
     "read_counter",
     "test_pattern",
     "tone",

@@ -1017,12 +1017,14 @@ class VideoEncoder:
         frame = av.VideoFrame.from_numpy_buffer(
             np.ascontiguousarray(bgr), format="bgr24"
         )
-        if (width, height) != (in_width, in_height):
-            # Scale and convert in one swscale pass (the encoder then has
-            # nothing left to convert).
-            frame = self._scaler.reformat(
-                frame, width=width, height=height, format=ctx.pix_fmt, interpolation="BILINEAR"
-            )
+        # Scale (when asked) and convert to the encoder's format in one
+        # swscale pass of our own, on one thread: left to the codec context,
+        # swscale would start a thread pool per context, which costs more CPU
+        # than it saves on small machines (the source already has its own
+        # worker thread) and outlives the context until garbage collection.
+        frame = self._scaler.reformat(
+            frame, width=width, height=height, format=ctx.pix_fmt, interpolation="BILINEAR", threads=1
+        )
         # Keep pts strictly increasing whatever the caller passes (a repeated
         # or wrapped RTP time must not make the encoder reject the frame).
         pts = (
@@ -1112,7 +1114,8 @@ class _BgrConverter:
         # The reformatter keeps its swscale context between calls (cheap for
         # a stream of same-size frames) but is not thread safe.
         with self._lock:
-            bgr = self._reformatter.reformat(frame, format="bgr24").to_ndarray()
+            # One swscale thread: see VideoEncoder.encode.
+            bgr = self._reformatter.reformat(frame, format="bgr24", threads=1).to_ndarray()
         return np.ascontiguousarray(bgr)
 
 
