@@ -64,6 +64,7 @@ class RecvOnly:
         self._closed = threading.Event()
         # Sinks stop when garbage collected: keep them (and their tracks).
         self._sinks: list[Any] = []
+        self._audio_sinks: list[SoraAudioSink] = []
         self._lock = threading.Lock()
         self._frames = 0
         self._counter: int | None = None
@@ -96,9 +97,12 @@ class RecvOnly:
             video_sink.on_frame = self._on_frame
             self._sinks.append(video_sink)
         elif track.kind == "audio":
-            # The push callback rather than read(): nothing here has to poll.
+            # Polled with read() from run(), not the on_data callback: the real
+            # sora-sdk 2025.4 builds on_data's array without holding the GIL,
+            # which can corrupt the interpreter (seen as a rare abort at exit).
             audio_sink = SoraAudioSink(track, OUTPUT_FREQUENCY, 1)
-            audio_sink.on_data = self._on_audio
+            with self._lock:
+                self._audio_sinks.append(audio_sink)
             self._sinks.append(audio_sink)
 
     def _on_frame(self, frame: SoraVideoFrame) -> None:
@@ -111,9 +115,14 @@ class RecvOnly:
             if counter is not None:
                 self._counter = counter
 
-    def _on_audio(self, pcm: np.ndarray) -> None:
+    def _drain_audio(self) -> None:
         with self._lock:
-            self._audio.append(pcm[:, 0].copy())
+            sinks = list(self._audio_sinks)
+        for sink in sinks:
+            ok, pcm = sink.read(0)  # whatever is buffered, without waiting
+            if ok and len(pcm):
+                with self._lock:
+                    self._audio.append(pcm[:, 0].copy())
 
     def _report(self) -> None:
         with self._lock:
@@ -139,10 +148,14 @@ class RecvOnly:
             return 1
         emit("connected", connection_id=self._connection_id)
         deadline = time.monotonic() + duration
+        next_report = time.monotonic() + 1.0
         try:
             while not self._closed.is_set() and time.monotonic() < deadline:
-                self._closed.wait(min(1.0, max(0.0, deadline - time.monotonic())))
-                self._report()
+                self._closed.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+                self._drain_audio()
+                if time.monotonic() >= next_report or time.monotonic() >= deadline:
+                    next_report += 1.0
+                    self._report()
         finally:
             self._connection.disconnect()
         return 0

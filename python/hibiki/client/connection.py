@@ -815,8 +815,11 @@ class Connection:
     def _on_channel_open(self, label: str) -> None:
         info = self._dc.on_open(label)
         if info is None:
-            # libsora ignores channels the offer does not list (§5.3).
-            self._log(logging.WARNING, "DataChannel %r opened but the offer does not list it", label)
+            # libsora ignores channels the offer does not list (§5.3). Our
+            # server opens "hibiki" only to give a recvonly client in an empty
+            # channel a transport to negotiate: expected, not worth a warning.
+            level = logging.DEBUG if label == "hibiki" else logging.WARNING
+            self._log(level, "DataChannel %r opened but the offer does not list it", label)
             return
         self._log(logging.DEBUG, "DataChannel %r open%s", label, " (zlib)" if info.compress else "")
         if not info.notified:
