@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from hibiki import _core
-from hibiki.media import VideoEncoder, AudioEncoder
+from hibiki.media import AudioEncoder, VideoEncoder
 from hibiki.media.testsrc import test_pattern, tone
+
 
 def thread_cpu_seconds(name: str) -> float:
     """CPU seconds (user + system) of this process's threads called ``name``."""
