@@ -104,10 +104,16 @@ def test_errors(server: ServerProcess) -> None:
     assert_problem(get, 405, "use POST, not GET")
     assert get.headers["allow"] == "POST"
     assert_problem(api(server, push, raw=b" " * (1024 * 1024 + 1)), 413, "body over")
-    # The root path answers POST like /api (Sora's API listener), and nothing else.
+    # The root path answers POST like /api (Sora's API listener); GET is the web page.
     assert_problem(api(server, push, {"channel_id": "x", "data": {}}, path="/"), 404, "channel 'x'")
     assert api(server, "Sora_20201013.ListConnections", path="/").json() == []
-    assert httpx.get(server.url + "/", timeout=5).status_code in (404, 405)
+    page = httpx.get(server.url + "/", timeout=5)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert '<script src="/web/app.js">' in page.text
+    for asset, kind in (("app.js", "javascript"), ("style.css", "text/css")):
+        r = httpx.get(f"{server.url}/web/{asset}", timeout=5)
+        assert r.status_code == 200 and kind in r.headers["content-type"], (asset, r.headers)
+    assert httpx.get(server.url + "/web/nope.js", timeout=5).status_code == 404
     assert "Traceback" not in server.log_text()
 
 

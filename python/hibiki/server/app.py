@@ -6,11 +6,13 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from hibiki.server import close_codes
@@ -22,6 +24,9 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("hibiki.server")
 
+WEB_DIR = Path(__file__).resolve().parent / "web"
+"""The web page (``index.html``, ``app.js``, ``style.css``), shipped inside the package."""
+
 
 def create_app(settings: ServerSettings | None = None) -> Starlette:
     """Build the server's ASGI app.
@@ -32,8 +37,8 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
     * ``/health`` (GET): ``{"status": "ok", "connections": n, "channels": n,
       "sessions": n, "rtc_ports": [...]}``; 503 until the data plane runs.
     * ``/api`` and ``/`` (POST): the Sora-style HTTP API (``x-sora-target``),
-      see ``hibiki.server.api``. ``/`` is where Sora's API listener answers;
-      other methods on ``/`` are left free for a web page.
+      see ``hibiki.server.api``. ``/`` is where Sora's API listener answers.
+    * ``/`` (GET) and ``/web/...``: a small browser client (``hibiki/server/web``).
 
     The lifespan starts the Rust data plane (``hibiki._core.Sfu``) and stops it
     on shutdown, after uvicorn has closed the WebSockets.
@@ -82,6 +87,9 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
     async def api(request: Request) -> Response:
         return await handle_api_request(request, hub)
 
+    async def index(request: Request) -> Response:
+        return FileResponse(WEB_DIR / "index.html", headers={"cache-control": "no-cache"})
+
     app = Starlette(
         routes=[
             WebSocketRoute("/signaling", signaling),
@@ -90,6 +98,8 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
             # 405 problem document (Starlette's own 405 is plain text).
             Route("/api", api, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]),
             Route("/", api, methods=["POST"]),
+            Route("/", index, methods=["GET", "HEAD"]),
+            Mount("/web", app=StaticFiles(directory=WEB_DIR), name="web"),
         ],
         lifespan=lifespan,
     )
