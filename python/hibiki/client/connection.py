@@ -1124,7 +1124,6 @@ class Connection:
             request_keyframe=self._request_keyframe,
             video_codec_preference=self._video_preference,
         )
-        track._payload_types.update(payload_types_for_mid(self._offer_sdp, mid))  # for frame transforms
         self._tracks[mid] = track
         self._log(logging.INFO, "track added: %s mid %s from %s", media, mid, track.stream_id)
         sdk_loop.dispatch_callback(self.on_track, track, what="on_track")

@@ -76,6 +76,9 @@ class _Attachment:
     estimate: int | None = None
     """Video only: what the connection's bandwidth estimate leaves for video, bit/s
     (None until the engine has an estimate)."""
+    encoder_key: tuple[Any, ...] = ()
+    """What decides its encoder (set by the source at attach): attachments with
+    equal keys share one encoder."""
     waiting_keyframe: bool = True
     """Video only: nothing may be sent before a keyframe got through."""
     refused: int = 0
@@ -157,6 +160,8 @@ class _SourceBase:
     # -- attachment (called by Connection) ----------------------------------------------
 
     def _attach(self, attachment: _Attachment) -> None:
+        # Worked out once here, not per frame on the encoder thread.
+        attachment.encoder_key = self._encoder_key(attachment)
         # Before any frame can flow: the connection's own transformer, if it
         # gave one (Connection calls _transforms.expect first), or the source's.
         self._transforms.attach(attachment)
@@ -184,6 +189,9 @@ class _SourceBase:
     def _targets(self) -> list[_Attachment]:
         with self._lock:
             return list(self._attachments.values())
+
+    def _encoder_key(self, target: _Attachment) -> tuple[Any, ...]:  # pragma: no cover
+        raise NotImplementedError
 
     def _on_attach_locked(self, attachment: _Attachment) -> None:  # pragma: no cover
         pass
@@ -311,6 +319,12 @@ class VideoSource(_SourceBase):
             return configured
         return max(_MIN_VIDEO_BITRATE, min(configured, min(estimates)))
 
+    def _encoder_key(self, target: _Attachment) -> tuple[Any, ...]:
+        """Connections that agree on codec, implementation, codec parameters and
+        degradation preference share one encoder."""
+        params = repr(sorted((target.video_params or {}).items()))
+        return (target.codec, target.implementation, params, target.degradation)
+
     def _on_attach_locked(self, attachment: _Attachment) -> None:
         # A new receiver must start with a keyframe.
         self._force_keyframe = True
@@ -341,11 +355,7 @@ class VideoSource(_SourceBase):
                 self._force_keyframe = False
                 by_codec: dict[tuple[Any, ...], list[_Attachment]] = {}
                 for target in targets:
-                    # Connections that agree on codec, implementation and
-                    # codec parameters share one encoder.
-                    key = (target.codec, target.implementation, repr(sorted((target.video_params or {}).items())),
-                           target.degradation)
-                    by_codec.setdefault(key, []).append(target)
+                    by_codec.setdefault(target.encoder_key, []).append(target)
                 for key, group in by_codec.items():
                     codec = key[0]
                     # One encoder per key; it reopens itself (with a
@@ -511,9 +521,6 @@ class AudioSource(_SourceBase):
         # count once per count. The encoder resamples to 48 kHz itself.
         converters: dict[int, Any] = {}
         encoders: dict[tuple[Any, ...], Any] = {}
-        # Encoder key per attachment, worked out once (it reads audio_params);
-        # the attachment is kept in the value so that its id stays unique.
-        keys: dict[int, tuple[_Attachment, tuple[Any, ...]]] = {}
         try:
             while True:
                 item = self._queue.get()
@@ -527,14 +534,9 @@ class AudioSource(_SourceBase):
                 targets = self._targets()
                 if not targets:
                     continue
-                if len(keys) > 2 * len(targets) + 8:
-                    keys = {k: v for k, v in keys.items() if any(v[0] is t for t in targets)}
                 by_key: dict[tuple[Any, ...], list[_Attachment]] = {}
                 for target in targets:
-                    known = keys.get(id(target))
-                    if known is None or known[0] is not target:
-                        known = keys[id(target)] = (target, self._encoder_key(target))
-                    by_key.setdefault(known[1], []).append(target)
+                    by_key.setdefault(target.encoder_key, []).append(target)
                 remixed: dict[int, np.ndarray] = {self.channels: pcm}
                 for key, group in by_key.items():
                     if key in encoders and encoders[key] is None:

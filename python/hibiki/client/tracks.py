@@ -337,11 +337,8 @@ class MediaTrack:
         self.first_frame_at: float | None = None
         """``time.monotonic()`` of the first decoded frame (None until then)."""
         self.created_at = time.monotonic()
-        # Encoded-frame transform (set_frame_transformer), and the payload type
-        # of each codec of our m-line in the SDP (the Connection fills it), for
-        # the frames' metadata until the engine reports payload types itself.
+        # Encoded-frame transform (set_frame_transformer).
         self._recv_route: ReceiveRoute | None = None
-        self._payload_types: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name=f"hibiki-{kind}-track", daemon=True)
         self._thread.start()
 
@@ -378,7 +375,7 @@ class MediaTrack:
         """
         transformer = check_transformer(transformer, self.kind, "MediaTrack.set_frame_transformer")
         route = None if transformer is None else ReceiveRoute(
-            transformer, payload_types=self._payload_types, output=self._push_transformed,
+            transformer, output=self._push_transformed,
             alive=lambda: not self._ended)
         # The switch happens on the decoder thread, ahead of the frames queued
         # now, and this waits for it: once it returns, no frame decoded without

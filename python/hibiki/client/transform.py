@@ -788,10 +788,9 @@ class ReceiveRoute(_Route):
     ``alive`` says whether the track still exists.
     """
 
-    def __init__(self, transformer: FrameTransformer, *, payload_types: dict[str, int],
+    def __init__(self, transformer: FrameTransformer, *,
                  output: Callable[[DecoderInput], None], alive: Callable[[], bool]) -> None:
         super().__init__(transformer, transformer.kind, "")
-        self._payload_types = payload_types
         self._output_fn = output
         self._alive = alive
 
@@ -803,9 +802,8 @@ class ReceiveRoute(_Route):
         """Hand one received frame to the transformer. Called on the track's decoder thread."""
         codec = (event.codec or ("VP8" if self.kind == "video" else "OPUS")).upper()
         data = event.data or b""
-        pt = getattr(event, "payload_type", None)
-        if pt is None:
-            pt = self._payload_types.get(codec, 0)
+        # The engine reports the payload type of every received frame.
+        pt = getattr(event, "payload_type", None) or 0
         metadata: dict[str, Any] = {"event": event}
         if self.kind == "video":
             keyframe = bool(event.keyframe)

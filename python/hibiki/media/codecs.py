@@ -38,7 +38,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "CODECS",
@@ -466,18 +466,26 @@ def _reference_stream(codec: str) -> list[Any] | str:
         return result
 
 
-def _probe_encoder(codec: str, name: str) -> CodecProbe:
+def _not_built(name: str, mode: Literal["r", "w"]) -> CodecProbe | None:
+    """A failed probe if FFmpeg lacks ``name`` in ``mode`` (``"w"`` encoder, ``"r"`` decoder)."""
     import av
-
-    from .testsrc import test_pattern
-    from .video import CodecUnavailable, VideoEncoder
 
     if name not in av.codecs_available:
         return CodecProbe(name, False, "not built into FFmpeg")
     try:
-        av.codec.Codec(name, "w")
-    except Exception:  # noqa: BLE001 - listed, but only as a decoder
-        return CodecProbe(name, False, "not built into FFmpeg (as an encoder)")
+        av.codec.Codec(name, mode)
+    except Exception:  # noqa: BLE001 - listed, but only the other way round
+        return CodecProbe(name, False, f"not built into FFmpeg (as an {'encoder' if mode == 'w' else 'decoder'})")
+    return None
+
+
+def _probe_encoder(codec: str, name: str) -> CodecProbe:
+    from .testsrc import test_pattern
+    from .video import CodecUnavailable, VideoEncoder
+
+    missing = _not_built(name, "w")
+    if missing is not None:
+        return missing
     width, height = _PROBE_SIZE
     encoder = VideoEncoder(codec, bitrate=300_000, _encoders=(name,))
     try:
@@ -494,17 +502,12 @@ def _probe_encoder(codec: str, name: str) -> CodecProbe:
 
 
 def _probe_decoder(codec: str, name: str) -> CodecProbe:
-    import av
-
     from .testsrc import read_counter
     from .video import CodecUnavailable, VideoDecoder
 
-    if name not in av.codecs_available:
-        return CodecProbe(name, False, "not built into FFmpeg")
-    try:
-        av.codec.Codec(name, "r")
-    except Exception:  # noqa: BLE001 - listed, but only as an encoder
-        return CodecProbe(name, False, "not built into FFmpeg (as a decoder)")
+    missing = _not_built(name, "r")
+    if missing is not None:
+        return missing
     stream = _reference_stream(codec)
     if isinstance(stream, str):
         return CodecProbe(name, False, f"not tested: {stream}")

@@ -291,15 +291,7 @@ impl Shard {
         let now = Instant::now();
         // The publisher's capture instant, so that our sender reports keep
         // its audio and video in sync (see clock.rs).
-        let wallclock = match self.conns.get(&publisher).and_then(|c| c.clock) {
-            Some(base) => base.capture_instant(
-                track.sender_report,
-                pkt.time as u32,
-                track.clock_rate(),
-                pkt.received,
-            ),
-            None => pkt.received,
-        };
+        let wallclock = track.capture_instant(pkt.time as u32, pkt.received);
         let mut out = std::mem::take(&mut self.scratch);
         for &(sub_id, sub_mid) in &track.subscribers {
             let Some(conn) = self.conns.get_mut(&sub_id) else {
@@ -458,13 +450,17 @@ impl Shard {
                 let Some(report) = SenderReport::new(ntp, rtp) else {
                     return;
                 };
-                if let Some(track) = self.tracks.get_mut(&(id, mid)) {
-                    track.sender_report = Some(report);
-                    if let Some(conn) = self.conns.get_mut(&id) {
-                        conn.clock
-                            .get_or_insert_with(|| ClockBase::new(report, received));
-                    }
-                }
+                let (Some(track), Some(conn)) =
+                    (self.tracks.get_mut(&(id, mid)), self.conns.get_mut(&id))
+                else {
+                    return;
+                };
+                // One base per publisher, from its first report: all its
+                // tracks share it, so their relative timing is kept.
+                let base = *conn
+                    .clock
+                    .get_or_insert_with(|| ClockBase::new(report, received));
+                track.sender_report = Some((base, report));
             }
             PeerEvent::Frame(_) | PeerEvent::Bitrate(_) => {}
         }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::clock::SenderReport;
+use super::clock::{ClockBase, SenderReport};
 use crate::peer::{Kind, Mid};
 
 /// A track is identified by its publisher and the publisher's m-line.
@@ -18,8 +18,9 @@ pub struct Track {
     pub track_id: String,
     /// (subscriber connection, subscriber's m-line).
     pub subscribers: Vec<(u64, Mid)>,
-    /// The publisher's latest RTCP sender report for this track.
-    pub sender_report: Option<SenderReport>,
+    /// The publisher's latest RTCP sender report for this track, with the
+    /// publisher's clock base (copied here so forwarding needs no lookup).
+    pub sender_report: Option<(ClockBase, SenderReport)>,
     last_keyframe_request: Option<Instant>,
 }
 
@@ -32,6 +33,17 @@ impl Track {
             subscribers: Vec::new(),
             sender_report: None,
             last_keyframe_request: None,
+        }
+    }
+
+    /// Our instant for the capture of a packet at RTP time `rtp`, or its
+    /// arrival before the publisher's first sender report (see clock.rs).
+    pub fn capture_instant(&self, rtp: u32, arrival: Instant) -> Instant {
+        match self.sender_report {
+            Some((base, report)) => {
+                base.capture_instant(Some(report), rtp, self.clock_rate(), arrival)
+            }
+            None => arrival,
         }
     }
 
