@@ -36,7 +36,7 @@ def free_port() -> int:
 def start_server() -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hibiki", "serve", "--port", str(port), "--log-level", "warning"],
+        [sys.executable, "-m", "hibiki", "serve", "--port", str(port), "--log-level", "warning", "--database", ":memory:"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

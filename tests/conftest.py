@@ -138,7 +138,14 @@ def start_server(workdir: Path, *extra_args: str) -> ServerProcess:
     """Start ``python -m hibiki serve`` on a free port and wait until /health answers."""
     env = os.environ.copy()
     # Servers start with exactly the options a test gives, whatever the shell exports.
-    for name in ("HIBIKI_AUTH_SECRET", "HIBIKI_AUTH_WEBHOOK"):
+    for name in (
+        "HIBIKI_AUTH_SECRET",
+        "HIBIKI_API_SECRET",
+        "HIBIKI_API_KEY",
+        "HIBIKI_AUTH_WEBHOOK",
+        "HIBIKI_DATABASE",
+        "HIBIKI_WEBHOOK_URLS",
+    ):
         env.pop(name, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PYTHON_SRC), env.get("PYTHONPATH", "")) if p)
     env["PYTHONUNBUFFERED"] = "1"
@@ -148,7 +155,11 @@ def start_server(workdir: Path, *extra_args: str) -> ServerProcess:
         tag = f"{port}-{attempt}-{uuid.uuid4().hex[:6]}"
         stdout_path = workdir / f"server-{tag}.out"
         stderr_path = workdir / f"server-{tag}.err"
-        cmd = [sys.executable, "-m", "hibiki", "serve", "--port", str(port), "--rtc-port", "0", *extra_args]
+        cmd = [sys.executable, "-m", "hibiki", "serve", "--port", str(port), "--rtc-port", "0"]
+        if "--database" not in extra_args and "--config" not in extra_args:
+            # Each test its own call store: no state leaks between tests or runs.
+            cmd += ["--database", str(workdir / f"hibiki-{tag}.sqlite3")]
+        cmd += extra_args
         with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
             proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=REPO)
         last = ServerProcess(proc, port, stdout_path, stderr_path)

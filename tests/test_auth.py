@@ -94,7 +94,7 @@ def test_token_shape_rejections() -> None:
     none_alg = jwt.encode({"channel_id": "room", "exp": int(time.time()) + 60}, None, algorithm="none")
     cases = [
         (no_exp, "invalid access token: missing claim exp"),
-        (no_channel, "invalid access token: missing claim channel_id"),
+        (no_channel, "invalid access token: missing claim user_id (or channel_id)"),
         (none_alg, "invalid access token: algorithm must be HS256"),
         ("not.a.jwt", "invalid access token: not a JWT"),
         (42, "invalid access token: must be a string, got number"),

@@ -567,7 +567,7 @@ def test_ping_pong_and_ping_timeout(server_factory: Callable[..., ServerProcess]
         code, reason = await silent.wait_closed(timeout=10)
         assert (code, reason) == (4491, "ping timeout")
         pings = [m for m in silent.messages if m["type"] == "ping"]
-        assert len(pings) >= 2 and all(p == {"type": "ping", "stats": False} for p in pings)
+        assert len(pings) >= 2 and all(p == {"type": "ping", "stats": True} for p in pings)
         # The one that answers is still there, and saw the other leave.
         await good.wait_for(is_notify("connection.destroyed", silent))
         assert good.closed is None

@@ -1,7 +1,7 @@
 """The ``hibiki`` command line.
 
 ``hibiki serve``  runs the SFU and its signaling server (``/signaling``, Sora protocol).
-``hibiki token``  prints an access token (JWT) for a server started with ``--auth-secret``.
+``hibiki token``  prints a Sora-style access token (JWT) for a server started with ``--api-secret``.
 ``hibiki demo``   runs the demo (``hibiki.demo``); its arguments are passed through.
 """
 
@@ -51,6 +51,13 @@ def _claim(text: str) -> tuple[str, object]:
         return name, value  # a bare word is a string: --claim client_id=alice
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 0 <= value <= 65535:
@@ -92,18 +99,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-message-bytes", type=int, default=64 * 1024, help="largest signaling message (default 65536)"
     )
     auth = serve.add_argument_group(
-        "authentication (off by default)",
-        "With a secret, `connect` needs metadata.access_token: a JWT (HS256) signed with it, with claims "
-        "channel_id, exp and optionally role (see `hibiki token`), and the HTTP API needs "
-        "'Authorization: Bearer SECRET'. With a webhook, every connect is POSTed to it and must be "
-        'answered {"allowed": true, ...} within the timeout.',
+        "API secret and authentication (off by default: everything open, for local development)",
+        "With a secret, `connect` needs metadata.access_token: a JWT (HS256) signed with it (a user token "
+        "with user_id and optionally call_cids/role, see hibiki.api.Client.create_token, or a Sora-style "
+        "token with channel_id, see `hibiki token`); the /v1 API needs a server token signed with it "
+        "(and X-Api-Key when --api-key is set); the Sora-style /api needs 'Authorization: Bearer SECRET'. "
+        "With an auth webhook, every connect is POSTed to it and must be answered "
+        '{"allowed": true, ...} within the timeout.',
     )
     auth.add_argument(
+        "--api-secret",
         "--auth-secret",
-        default=os.environ.get("HIBIKI_AUTH_SECRET") or None,
+        dest="auth_secret",
+        default=os.environ.get("HIBIKI_API_SECRET") or os.environ.get("HIBIKI_AUTH_SECRET") or None,
         metavar="SECRET",
-        help="token and API secret (default: $HIBIKI_AUTH_SECRET; prefer the variable: "
-        "arguments are visible to other users in ps)",
+        help="signs and checks tokens and webhooks (default: $HIBIKI_API_SECRET, or $HIBIKI_AUTH_SECRET; "
+        "prefer the variable or the config file: arguments are visible to other users in ps)",
+    )
+    auth.add_argument(
+        "--api-key",
+        default=os.environ.get("HIBIKI_API_KEY") or None,
+        metavar="KEY",
+        help="the API key /v1 requests must carry in X-Api-Key (default: $HIBIKI_API_KEY)",
     )
     auth.add_argument(
         "--auth-webhook",
@@ -117,6 +134,45 @@ def build_parser() -> argparse.ArgumentParser:
         default=5.0,
         metavar="SECONDS",
         help="no answer in time rejects the connection (close 4503; default 5)",
+    )
+    state = serve.add_argument_group("calls and webhooks")
+    state.add_argument(
+        "--database",
+        default=os.environ.get("HIBIKI_DATABASE") or "hibiki.sqlite3",
+        metavar="PATH",
+        help="SQLite file for calls and members, created if missing; ':memory:' keeps nothing "
+        "(default: $HIBIKI_DATABASE, else %(default)s in the working directory)",
+    )
+    state.add_argument(
+        "--webhook-url",
+        action="append",
+        default=[u for u in os.environ.get("HIBIKI_WEBHOOK_URLS", "").replace(",", " ").split() if u],
+        metavar="URL",
+        help="POST call, participant and track events here, signed with the secret; repeatable "
+        "(default: $HIBIKI_WEBHOOK_URLS, space or comma separated)",
+    )
+    state.add_argument(
+        "--webhook-timeout", type=_positive_float, default=5.0, metavar="SECONDS", help="per delivery (default 5)"
+    )
+    state.add_argument(
+        "--webhook-max-attempts",
+        type=_positive_int,
+        default=6,
+        metavar="N",
+        help="deliveries per event before it is dropped (default 6)",
+    )
+    state.add_argument(
+        "--webhook-backoff",
+        type=_positive_float,
+        default=0.5,
+        metavar="SECONDS",
+        help="delay before the first retry, doubled for each next one, at most 30 s (default 0.5)",
+    )
+    serve.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a TOML file of serve options (names as the long options, with _ for -: api_secret, "
+        "webhook_urls = [...], ...); command-line options and environment variables win over it",
     )
     serve.add_argument(
         "--notify-update-interval",
@@ -187,6 +243,12 @@ def _serve(args: argparse.Namespace) -> int:
             answer_timeout=args.answer_timeout,
             log_level=args.log_level,
             auth_secret=args.auth_secret,
+            api_key=args.api_key,
+            database=args.database,
+            webhook_urls=tuple(args.webhook_url),
+            webhook_timeout=args.webhook_timeout,
+            webhook_max_attempts=args.webhook_max_attempts,
+            webhook_backoff=args.webhook_backoff,
             auth_webhook_url=args.auth_webhook,
             auth_webhook_timeout=args.auth_webhook_timeout,
             notify_update_interval=args.notify_update_interval,
@@ -194,6 +256,10 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"hibiki serve: {exc}", file=sys.stderr)
+        return 2
+    problem = _database_problem(settings.database)
+    if problem is not None:
+        print(f"hibiki serve: --database {settings.database}: {problem}", file=sys.stderr)
         return 2
 
     config = uvicorn.Config(
@@ -218,6 +284,24 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server.started else 3
 
 
+def _database_problem(path: str) -> str | None:
+    """Why the call store cannot be opened, found before the server starts (one line, no traceback)."""
+    import sqlite3
+    from pathlib import Path
+
+    if path == ":memory:":
+        return None
+    target = Path(path).expanduser()
+    if target.is_dir():
+        return "is a directory"
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sqlite3.connect(target).close()
+    except (OSError, sqlite3.Error) as exc:
+        return str(exc)
+    return None
+
+
 def _token(args: argparse.Namespace) -> int:
     from hibiki.server.auth import create_access_token
 
@@ -237,6 +321,72 @@ def _token(args: argparse.Namespace) -> int:
     return 0
 
 
+_CONFIG_ALIASES = {"api_secret": "auth_secret", "webhook_urls": "webhook_url", "auth_webhook_url": "auth_webhook"}
+_CONFIG_ENV = {
+    "auth_secret": ("HIBIKI_API_SECRET", "HIBIKI_AUTH_SECRET"),
+    "api_key": ("HIBIKI_API_KEY",),
+    "auth_webhook": ("HIBIKI_AUTH_WEBHOOK",),
+    "database": ("HIBIKI_DATABASE",),
+    "webhook_url": ("HIBIKI_WEBHOOK_URLS",),
+}
+
+
+def _serve_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    for action in parser._subparsers._group_actions if parser._subparsers else ():
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices["serve"]
+    raise AssertionError("no serve subcommand")
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """Load ``serve --config FILE`` (TOML) as the defaults of ``serve``'s options.
+
+    Precedence: command line, then environment variables, then the file,
+    then built-in defaults. Unknown keys and wrong types are errors.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv[1:])
+    if not known.config:
+        return
+    import tomllib
+
+    try:
+        with open(known.config, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as exc:
+        raise ValueError(f"cannot read --config {known.config}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"--config {known.config} is not valid TOML: {exc}") from None
+    values = doc.get("serve", doc) if isinstance(doc.get("serve"), dict) else doc
+    serve = _serve_parser(parser)
+    actions = {a.dest: a for a in serve._actions}
+    defaults: dict[str, object] = {}
+    for key, value in values.items():
+        dest = _CONFIG_ALIASES.get(key, key.replace("-", "_"))
+        action = actions.get(dest)
+        if action is None or dest in ("help", "config"):
+            raise ValueError(f"--config {known.config}: unknown option {key!r}")
+        if any(os.environ.get(name) for name in _CONFIG_ENV.get(dest, ())):
+            continue  # the environment wins over the file
+        if isinstance(action, argparse._AppendAction):
+            items = value if isinstance(value, list) else [value]
+            if not all(isinstance(item, str) for item in items):
+                raise ValueError(f"--config {known.config}: {key} must be a string or a list of strings")
+            if dest == "redirect":
+                items = [_redirect_rule(item) for item in items]  # type: ignore[misc]
+            defaults[dest] = items
+            continue
+        try:
+            converted = action.type(str(value)) if action.type is not None and not isinstance(value, bool) else value
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            raise ValueError(f"--config {known.config}: {key}: {exc}") from None
+        if action.choices is not None and converted not in action.choices:
+            raise ValueError(f"--config {known.config}: {key} must be one of {', '.join(map(str, action.choices))}")
+        defaults[dest] = converted
+    serve.set_defaults(**defaults)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hibiki`` console script."""
     args_list = list(sys.argv[1:] if argv is None else argv)
@@ -245,7 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hibiki.demo import main as demo_main
 
         return int(demo_main(args_list[1:]) or 0)
-    args = build_parser().parse_args(args_list)
+    parser = build_parser()
+    if args_list[:1] == ["serve"]:
+        try:
+            _apply_config_file(parser, args_list)
+        except ValueError as exc:
+            print(f"hibiki serve: {exc}", file=sys.stderr)
+            return 2
+    args = parser.parse_args(args_list)
     if args.command == "serve":
         return _serve(args)
     if args.command == "token":

@@ -84,7 +84,7 @@ class _LocalServer:
     def __init__(self, verbose: bool) -> None:
         self.port = _free_port()
         cmd = [sys.executable, "-m", "hibiki", "serve", "--port", str(self.port),
-               "--log-level", "info" if verbose else "warning"]
+               "--log-level", "info" if verbose else "warning", "--database", ":memory:"]
         # Its own process group: Ctrl-C in the terminal reaches the demo, which
         # then stops the server itself, in order, after disconnecting.
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -1058,7 +1058,79 @@ class Connection:
             self._connected_waiter.set_result(None)
         self._emit(Connected(self._connection_id or ""))
 
-    def _attach_sources(self) -> None:
+    def attach_sources(self, audio: AudioSource | None = None, video: VideoSource | None = None) -> None:
+        """Start sending ``audio`` and/or ``video`` on this connection, after it connected.
+
+        For sources that were not given to ``create_connection`` (the asyncio
+        join API's ``add_tracks`` uses it): frames pushed with
+        ``on_data`` / ``on_captured`` go out on this connection from now on,
+        exactly as for a source given at creation. Callable from any thread
+        (it blocks for a moment while the SDK loop attaches them)::
+
+            conn = await hibiki.connect(url, role="sendrecv", channel_id="room")
+            mic = hibiki.Hibiki().create_audio_source(1, 48000)
+            conn.attach_sources(audio=mic)
+
+        The connection must be connected, with a role that sends, and the
+        server's offer must have an m-line of that kind (``audio``/``video``
+        not False at creation, and the channel allows it). Giving the source
+        already attached for a kind again does nothing.
+
+        Raises:
+            TypeError: ``audio`` is not an AudioSource or ``video`` not a VideoSource.
+            ValueError: no source given, the role is ``recvonly``, the offer has no
+                m-line of that kind, or another source already sends that kind.
+            RuntimeError: the connection is not connected (not yet, or any more).
+        """
+        if audio is not None and not isinstance(audio, AudioSource):
+            raise TypeError(f"audio must be an AudioSource, got {type(audio).__name__}")
+        if video is not None and not isinstance(video, VideoSource):
+            raise TypeError(f"video must be a VideoSource, got {type(video).__name__}")
+        if audio is None and video is None:
+            raise ValueError("attach_sources needs an audio or a video source")
+        if self.role == "recvonly":
+            raise ValueError("a recvonly connection sends nothing; connect as sendrecv or sendonly to attach sources")
+
+        def attach() -> None:
+            # On the SDK loop: state, mids and attachments only change there,
+            # so the checks and the attach cannot race a close or a re-offer.
+            if self._state != "connected" or self._hub is None or self._handle is None:
+                raise RuntimeError(f"cannot attach sources: the connection is {self._state}, not connected")
+            kinds: list[str] = []
+            for kind, source, current in (("audio", audio, self.audio_source), ("video", video, self.video_source)):
+                if source is None:
+                    continue
+                if kind not in self._mids:
+                    raise ValueError(f"the server's offer has no {kind} m-line: connect with {kind}=True "
+                                     f"(and a call that allows {kind}) to send {kind}")
+                if source is current:
+                    continue  # the same source again: attached at connect or by an earlier call
+                if current is not None:
+                    raise ValueError(f"this connection already sends {kind} from another source")
+                kinds.append(kind)
+            if not kinds:
+                return
+            if "audio" in kinds:
+                self.audio_source = audio
+            if "video" in kinds:
+                self.video_source = video
+            self._attach_sources(tuple(kinds))
+
+        if sdk_loop.in_loop_thread():
+            attach()
+            return
+
+        async def run() -> None:
+            attach()
+
+        sdk_loop.run_coroutine(run()).result(timeout=10.0)
+
+    def _attach_sources(self, kinds: tuple[str, ...] = ("audio", "video")) -> None:
+        """Attach this connection's sources of ``kinds`` to their m-lines (SDK loop).
+
+        The desired send rate given to the engine counts every attached source,
+        not only those of ``kinds``.
+        """
         assert self._hub is not None and self._handle is not None
         pairs: list[tuple[AudioSource | VideoSource | None, str, str, int | None]] = [
             (self.audio_source, "audio", "OPUS", self._audio_bit_rate),
@@ -1070,6 +1142,8 @@ class Connection:
             if source is None or mid is None or self.role == "recvonly":
                 continue
             desired += self._send_rate(kind)
+            if kind not in kinds:
+                continue  # attached earlier: only counted in the desired rate
             codec = codec_for_mid(self._offer_sdp, mid) or default_codec
             source._transforms.expect(self._handle, mid, self._frame_transformers[kind],
                                       payload_types_for_mid(self._offer_sdp, mid).get(codec.upper()))

@@ -8,7 +8,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from starlette.applications import Starlette
+from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -18,6 +18,8 @@ from starlette.websockets import WebSocket
 from hibiki.server import close_codes
 from hibiki.server.api import handle_api_request
 from hibiki.server.hub import Hub
+from hibiki.server.rest import build_v1_router
+from hibiki.server.rest.errors import install_problem_handlers
 from hibiki.server.settings import ServerSettings
 
 __all__ = ["create_app"]
@@ -28,7 +30,7 @@ WEB_DIR = Path(__file__).resolve().parent / "web"
 """The web page (``index.html``, ``app.js``, ``style.css``), shipped inside the package."""
 
 
-def create_app(settings: ServerSettings | None = None) -> Starlette:
+def create_app(settings: ServerSettings | None = None) -> FastAPI:
     """Build the server's ASGI app.
 
     Routes:
@@ -39,16 +41,25 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
     * ``/api`` and ``/`` (POST): the Sora-style HTTP API (``x-sora-target``),
       see ``hibiki.server.api``. ``/`` is where Sora's API listener answers.
     * ``/`` (GET) and ``/web/...``: a small browser client (``hibiki/server/web``).
+    * ``/v1/...``: the REST API for calls, members, tokens and connections
+      (``hibiki.server.rest``), described by ``/openapi.json`` and browsable at ``/docs``.
 
-    The lifespan starts the Rust data plane (``hibiki._core.Sfu``) and stops it
-    on shutdown, after uvicorn has closed the WebSockets.
+    The lifespan opens the call store, starts the Rust data plane
+    (``hibiki._core.Sfu``) and webhook deliveries, and stops them on shutdown,
+    after uvicorn has closed the WebSockets.
     """
     settings = settings or ServerSettings()
     hub = Hub(settings)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        hub.bridge.start()
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await hub.start()
+        if settings.open_mode:
+            # INFO, not WARNING: open is the intended local-development mode.
+            log.info(
+                "open mode (no API secret): signaling, /api and /v1 are open to anyone who can reach this server "
+                "(fine for local development; give --api-secret or HIBIKI_API_SECRET otherwise)"
+            )
         log.info(
             "authentication: %s; HTTP API at /api%s; placement: %s",
             " + ".join(
@@ -63,6 +74,11 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
             " (bearer secret required)" if settings.auth_secret else "",
             settings.placement or "everything here",
         )
+        log.info(
+            "REST API at /v1 (OpenAPI at /openapi.json)%s; calls stored in %s",
+            " with an API key" if settings.api_key else "",
+            settings.database,
+        )
         try:
             yield
         finally:
@@ -74,8 +90,7 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
                 # DataChannel-only sessions send their `close` and close their
                 # channels before the data plane goes away (bounded).
                 await asyncio.wait(set(hub.background), timeout=2.0)
-            hub.bridge.stop()
-            await hub.authenticator.aclose()
+            await hub.aclose()
 
     async def signaling(websocket: WebSocket) -> None:
         await hub.serve_signaling(websocket)
@@ -90,7 +105,16 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
     async def index(request: Request) -> Response:
         return FileResponse(WEB_DIR / "index.html", headers={"cache-control": "no-cache"})
 
-    app = Starlette(
+    from hibiki import __version__
+
+    app = FastAPI(
+        title="Hibiki",
+        version=__version__,
+        summary="A WebRTC SFU speaking Sora's signaling protocol: REST API for calls, members, tokens and connections.",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
         routes=[
             WebSocketRoute("/signaling", signaling),
             Route("/health", health, methods=["GET"]),
@@ -101,8 +125,9 @@ def create_app(settings: ServerSettings | None = None) -> Starlette:
             Route("/", index, methods=["GET", "HEAD"]),
             Mount("/web", app=StaticFiles(directory=WEB_DIR), name="web"),
         ],
-        lifespan=lifespan,
     )
+    app.include_router(build_v1_router())
+    install_problem_handlers(app)
     app.state.hub = hub
     app.state.settings = settings
     return app

@@ -1,16 +1,26 @@
 """Authentication of ``connect``: JWT access tokens and the auth webhook (sora-signaling.md §14.1).
 
-Both are off by default (local use). With ``hibiki serve --auth-secret SECRET``
+Both are off by default (local use). With ``hibiki serve --api-secret SECRET``
 every ``connect`` must carry ``metadata.access_token``: a JWT signed with
-HS256 and ``SECRET`` whose claims are
+HS256 and ``SECRET``, of one of two kinds.
+
+A **user token** (:func:`hibiki.api.tokens.create_token`,
+``hibiki.api.Client.create_token``) has
+
+* ``user_id`` (required): becomes the connection's ``client_id``;
+* ``exp`` (optional): expiry, seconds since the epoch (10 s of clock skew allowed);
+* ``call_cids`` (optional): the calls (``"<type>:<id>"`` = channel_id) it may join;
+* ``role`` (optional): when present, must equal the ``connect``'s role.
+
+A **Sora-style token** (:func:`create_access_token`, ``hibiki token``) has
 
 * ``channel_id`` (required): must equal the ``connect``'s channel_id;
-* ``exp`` (required): expiry, seconds since the epoch (10 s of clock skew allowed);
-* ``role`` (optional): when present, must equal the ``connect``'s role;
-* payouts (optional): the same override keys as an auth webhook answer, see
-  :data:`PAYOUT_KEYS` (``client_id``, ``connection_lifetime``, ...).
+* ``exp`` (required);
+* ``role`` (optional), as above.
 
-:func:`create_access_token` (and ``hibiki token``) makes such tokens.
+Other claims of either kind are payouts: the same override keys as an auth
+webhook answer, see :data:`PAYOUT_KEYS` (``client_id``,
+``connection_lifetime``, ...). A server token (``"server": true``) is refused.
 
 With ``--auth-webhook URL`` the server POSTs JSON describing the connection
 (see :meth:`Authenticator.webhook_body`; header ``sora-connection-id``) and
@@ -34,13 +44,13 @@ import math
 import socket
 import time
 import uuid
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import jwt
 
+from hibiki.api.tokens import JWT_ALGORITHM, _quiet_key_length, decode_token
 from hibiki.server import close_codes
 from hibiki.server.validation import (
     ABSENT,
@@ -68,14 +78,13 @@ __all__ = [
 
 _logger = logging.getLogger("hibiki.server.auth")
 
-JWT_ALGORITHM: Final = "HS256"
-JWT_LEEWAY_S: Final = 10.0
-"""Clock skew tolerated on ``exp``/``nbf``/``iat``: tokens are often made on another machine."""
 MIN_SECRET_BYTES: Final = 32
 """RFC 7518 §3.2: an HS256 key should have at least 256 bits. Shorter secrets work, with a warning."""
 
 # Claims with a meaning of their own; every other claim is read as a payout.
-_RESERVED_CLAIMS: Final = frozenset({"channel_id", "role", "exp", "nbf", "iat", "iss", "aud", "sub", "jti"})
+_RESERVED_CLAIMS: Final = frozenset(
+    {"channel_id", "user_id", "call_cids", "server", "role", "exp", "nbf", "iat", "iss", "aud", "sub", "jti"}
+)
 
 PAYOUT_KEYS: Final = frozenset(
     {
@@ -275,16 +284,6 @@ def create_access_token(
         return jwt.encode(payload, secret, algorithm=JWT_ALGORITHM)
 
 
-class _quiet_key_length(warnings.catch_warnings):
-    """Silence PyJWT's per-call short-key warning; the server warns once at startup instead."""
-
-    def __enter__(self) -> None:
-        super().__enter__()
-        category = getattr(getattr(jwt, "warnings", None), "InsecureKeyLengthWarning", None)
-        if category is not None:
-            warnings.simplefilter("ignore", category)
-
-
 def _describe_jwt_error(exc: jwt.PyJWTError) -> str:
     if isinstance(exc, jwt.ExpiredSignatureError):
         return "expired"
@@ -341,7 +340,11 @@ class Authenticator:
         result = AuthResult(request)
         if self.settings.auth_secret is not None:
             claims = self.verify_token(request, self.settings.auth_secret)
-            result = apply_payouts(result, {k: v for k, v in claims.items() if k not in _RESERVED_CLAIMS}, "token", log)
+            payouts = {k: v for k, v in claims.items() if k not in _RESERVED_CLAIMS}
+            if "user_id" in claims:
+                # The user is who the token says, whatever client_id the client sent.
+                payouts.setdefault("client_id", claims["user_id"])
+            result = apply_payouts(result, payouts, "token", log)
             log.debug("access token accepted")
         if self.settings.auth_webhook_url is not None:
             body = self.webhook_body(result.request, connection_id=connection_id, channel_counts=channel_counts)
@@ -362,21 +365,28 @@ class Authenticator:
         if not isinstance(token, str):
             raise AuthError(f"invalid access token: must be a string, got {json_type(token)}")
         try:
-            with _quiet_key_length():
-                claims: dict[str, Any] = jwt.decode(
-                    token,
-                    secret,
-                    algorithms=[JWT_ALGORITHM],
-                    # aud is the token issuer's business; we check channel_id/role.
-                    options={"require": ["exp"], "verify_aud": False},
-                    leeway=JWT_LEEWAY_S,
-                )
+            claims = decode_token(secret, token)
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid access token: {_describe_jwt_error(exc)}") from None
-        if "channel_id" not in claims:
-            raise AuthError("invalid access token: missing claim channel_id")
-        if claims["channel_id"] != request.channel_id:
-            raise AuthError("invalid access token: issued for another channel_id")
+        if claims.get("server") is True:
+            raise AuthError("invalid access token: a server token cannot join; use a user token")
+        if "channel_id" in claims:
+            if "exp" not in claims:
+                raise AuthError("invalid access token: missing claim exp")
+            if claims["channel_id"] != request.channel_id:
+                raise AuthError("invalid access token: issued for another channel_id")
+        elif "user_id" in claims:
+            user_id = claims["user_id"]
+            if not isinstance(user_id, str) or not user_id:
+                raise AuthError("invalid access token: user_id must be a non-empty string")
+            cids = claims.get("call_cids")
+            if cids is not None:
+                if not isinstance(cids, list) or not all(isinstance(c, str) for c in cids):
+                    raise AuthError("invalid access token: call_cids must be a list of strings")
+                if request.channel_id not in cids:
+                    raise AuthError("invalid access token: not valid for this call")
+        else:
+            raise AuthError("invalid access token: missing claim user_id (or channel_id)")
         if "role" in claims and claims["role"] != request.role:
             raise AuthError(f"invalid access token: issued for role {str(claims['role'])[:20]}, not {request.role}")
         return claims

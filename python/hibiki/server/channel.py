@@ -12,10 +12,14 @@ import itertools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
 
 from hibiki.server.ids import new_session_id
 from hibiki.server.validation import ABSENT, Role
+
+if TYPE_CHECKING:
+    from hibiki.api.models import ParticipantResponse
 
 __all__ = ["Channel", "ChannelRegistry", "ConnectionHandle", "Member"]
 
@@ -72,6 +76,19 @@ class Member:
     """``time.monotonic()`` when ICE/DTLS came up."""
     connected_seq: int = -1
     joined_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def created_at(self) -> datetime:
+        """When the connection was created (UTC; ``created_time_us`` as a datetime)."""
+        return datetime.fromtimestamp(self.created_time_us / 1e6, UTC)
+
+    def participant(self) -> ParticipantResponse:
+        """This connection as a participant of its call (``/v1`` responses and webhooks)."""
+        from hibiki.api.models import ParticipantResponse
+
+        return ParticipantResponse(
+            user_id=self.client_id, connection_id=self.connection_id, role=self.role, joined_at=self.created_at
+        )
 
     def minutes(self, now: float | None = None) -> int:
         """Whole minutes since the connection came up (0 if it never did)."""

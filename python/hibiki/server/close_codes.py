@@ -10,6 +10,8 @@ Code    Reason                                      When
                                                     (``hibiki.server.api``)
 1000    ``LIFETIME-EXPIRED``                        the ``connection_lifetime`` the auth (JWT
                                                     claim or webhook) gave the connection is over
+1000    ``CALL-ENDED``                              the connection's call was ended through the
+                                                    ``/v1`` API (a ``call.ended`` notify comes first)
 1000    ``REDIRECT``                                right after ``{"type":"redirect"}``: the client
                                                     reconnects to its ``location`` (§3.4)
 1001    ``server shutting down``                    a session still open when the server stops
@@ -28,6 +30,9 @@ Code    Reason                                      When
                                                     ...``), or the auth webhook answered
                                                     ``allowed: false`` (its ``reason``, else
                                                     ``rejected by the auth webhook``)
+4403    ``call ended`` / ``call is full (N             the channel is a stored call (``/v1``) that
+        participants)``                             was ended, or that already has its
+                                                    ``max_participants``
 4490    a human reason, see below                   invalid signaling: bad JSON, bad/unknown/
                                                     unexpected message, invalid ``connect`` field,
                                                     binary frame, ``connect timeout``,
@@ -65,6 +70,7 @@ POLICY_VIOLATION = 1008
 MESSAGE_TOO_BIG = 1009
 INTERNAL_ERROR = 1011
 AUTH_REJECTED = 4401
+CALL_REFUSED = 4403
 SIGNALING_ERROR = 4490
 PING_TIMEOUT = 4491
 MEDIA_CLOSED = 4492
@@ -73,6 +79,7 @@ AUTH_UNAVAILABLE = 4503
 TYPE_DISCONNECT = "TYPE-DISCONNECT"
 DISCONNECTED_API = "DISCONNECTED-API"
 LIFETIME_EXPIRED = "LIFETIME-EXPIRED"
+CALL_ENDED = "CALL-ENDED"
 REDIRECT = "REDIRECT"
 MAX_REASON_BYTES = 123
 

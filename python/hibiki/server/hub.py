@@ -9,10 +9,12 @@ from typing import Any
 from starlette.websockets import WebSocket
 
 from hibiki.server.auth import Authenticator
+from hibiki.server.calls import CallService
 from hibiki.server.channel import ChannelRegistry
 from hibiki.server.session import SignalingSession
 from hibiki.server.settings import ServerSettings
 from hibiki.server.sfu_bridge import SfuBridge
+from hibiki.server.webhooks import WebhookDispatcher
 
 __all__ = ["Hub"]
 
@@ -33,6 +35,23 @@ class Hub:
         self.background: set[asyncio.Task[None]] = set()
         """Tasks of DataChannel-only sessions, whose WebSocket is gone."""
         self.authenticator = Authenticator(settings)
+        self.webhooks = WebhookDispatcher(settings)
+        """Sends call, participant and track events to the configured URLs."""
+        self.calls = CallService(self)
+        """Stored calls (SQLite): the ``/v1`` API's state, and what a join to a call's channel may do."""
+
+    async def start(self) -> None:
+        """Open the call store and start the data plane and webhook deliveries (server startup)."""
+        await self.calls.start()
+        self.webhooks.start()
+        self.bridge.start()
+
+    async def aclose(self) -> None:
+        """Stop what :meth:`start` started (after every session has left)."""
+        self.bridge.stop()
+        await self.webhooks.aclose()
+        await self.calls.aclose()
+        await self.authenticator.aclose()
 
     async def serve_signaling(self, websocket: WebSocket) -> None:
         """Run one ``/signaling`` WebSocket to its end."""

@@ -153,9 +153,9 @@ def push(data: dict[str, Any]) -> dict[str, Any]:
     return {"type": "push", "data": data}
 
 
-def ping() -> dict[str, Any]:
-    """A keep-alive ping; the client answers ``{"type":"pong"}``."""
-    return {"type": "ping", "stats": False}
+def ping(stats: bool = False) -> dict[str, Any]:
+    """A keep-alive ping; the client answers ``{"type":"pong"}``, with its stats when ``stats``."""
+    return {"type": "ping", "stats": stats}
 
 
 def _connection_event(event_type: str, channel: Channel, subject: Member, now: float | None) -> dict[str, Any]:
@@ -191,7 +191,13 @@ def connection_created(channel: Channel, subject: Member, *, for_self: bool) -> 
     if for_self:
         data = []
         for member in channel.connected_members():
-            item: dict[str, Any] = {"connection_id": member.connection_id, "client_id": member.client_id}
+            # role: not in Sora's list, but the asyncio call API shows it for
+            # participants already present (clients ignore unknown keys).
+            item: dict[str, Any] = {
+                "connection_id": member.connection_id,
+                "client_id": member.client_id,
+                "role": member.role,
+            }
             if member.notify_metadata is not ABSENT:
                 item["metadata"] = member.notify_metadata
             if member.authz_metadata is not ABSENT:

@@ -25,17 +25,21 @@ the Sfu are fast and non-blocking.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import inspect
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from starlette.websockets import WebSocket
 
 from hibiki._log import ConnectionLogger
+from hibiki.api.models import TrackResponse
 from hibiki.server import close_codes, messages
 from hibiki.server.auth import AuthError, AuthResult
 from hibiki.server.channel import Channel, Member
@@ -65,6 +69,8 @@ _CLOSE_WAIT_S = 5.0
 # How long the data channels' closing gets before the connection is torn down.
 _DC_GOODBYE_S = 0.5
 # Candidates trickled before the answer are kept until it arrives; bound them.
+# The longest the Sfu keeps a closing connection while its WebSocket close frame goes out.
+_CLOSE_FRAME_GRACE_S = 1.0
 _MAX_PENDING_CANDIDATES = 64
 # A client that does not read its socket makes the outbox grow; past this many
 # queued messages the session is closed.
@@ -110,6 +116,9 @@ class SignalingSession:
         self._frames_received = 0
         self._request: ConnectRequest | None = None
         self._member: Member | None = None
+        self._writer_task: asyncio.Task[None] | None = None
+        self._published: list[TrackResponse] = []
+        """Tracks this connection publishes (for ``call.track_unpublished`` webhooks when it leaves)."""
         self._sfu_has_connection = False
         self._left = False
         self._pending_candidates: list[str] = []
@@ -130,7 +139,10 @@ class SignalingSession:
         self._reoffer_outstanding = False
         self._ended = asyncio.Event()
         self.last_stats: list[Any] | None = None
-        """The client's latest W3C stats report (``stats`` over the data channel)."""
+        """The client's latest W3C stats report (a ``pong``'s ``stats`` or a ``stats`` message's ``reports``)."""
+        self.last_stats_at: datetime | None = None
+        """When :attr:`last_stats` arrived (UTC); None until the client sent a report."""
+        self._stats_paths_logged: set[str] = set()
         self._handlers: dict[str, Callable[[dict[str, Any]], None]] = {
             "connect": self._on_connect,
             "answer": self._on_answer,
@@ -154,6 +166,7 @@ class SignalingSession:
             self.log.debug("websocket gone before accept: %r", exc)
             return
         writer = asyncio.create_task(self._writer(), name="signaling-writer")
+        self._writer_task = writer
         detached = False
         try:
             await self._reader()
@@ -312,6 +325,32 @@ class SignalingSession:
         self.state = SessionState.CLOSING
         self._leave(f"websocket closed ({code})")
 
+    def _close_media(self, cid: str) -> None:
+        """Remove the connection from the Sfu, after our WebSocket close frame when one is queued.
+
+        The Sfu's DTLS close reaches the client at once, over UDP; if it came
+        before the close frame, the client would report a media failure
+        instead of the reason the server gave (``DISCONNECTED-API``, ...).
+        """
+        done = False
+
+        def close(*_: object) -> None:
+            nonlocal done
+            if done or not self.hub.bridge.running:
+                return
+            done = True
+            try:
+                self.hub.bridge.sfu.close_connection(cid)
+            except Exception as exc:
+                self.log.warning("close_connection failed: %s", exc)
+
+        writer = self._writer_task
+        if self._close_frame is None or writer is None or writer.done():
+            close()
+            return
+        writer.add_done_callback(close)
+        self._loop.call_later(_CLOSE_FRAME_GRACE_S, close)  # a client that does not read its socket
+
     def _leave(self, why: str) -> None:
         """Take the connection out of the Sfu and its channel; tell the others. Exactly once."""
         if self._left:
@@ -325,17 +364,14 @@ class SignalingSession:
         self.hub.bridge.unregister(cid)
         if self._sfu_has_connection:
             self._sfu_has_connection = False
-            if self.hub.bridge.running:
-                try:
-                    self.hub.bridge.sfu.close_connection(cid)
-                except Exception as exc:
-                    self.log.warning("close_connection failed: %s", exc)
+            self._close_media(cid)
         left = self.hub.registry.leave(cid)
         if left is None:
             return
         channel, member = left
         if member.connected:
             _broadcast_notify(channel, messages.connection_destroyed(channel, member))
+            self._emit_left(member)
         self.log.info("left the channel (%s); %d connection(s) remain", why, len(channel.members))
 
     # -- client messages ---------------------------------------------------------------
@@ -346,11 +382,18 @@ class SignalingSession:
             raise SignalingError("binary frames are not supported; send JSON as text frames")
         limit = self.settings.max_message_bytes
         # len(text) <= bytes <= 4*len(text): encode only when it can matter.
-        if len(text) * 4 > limit:
-            size = len(text.encode("utf-8"))
-            if size > limit:
+        size = len(text.encode("utf-8")) if len(text) * 4 > limit else 0
+        if size > limit:
+            # A pong carries the client's stats, about 0.7 KB per received
+            # track: it may use the WebSocket layer's whole limit (ws_max_size).
+            try:
+                msg = parse_message(text)
+            except SignalingError:
+                msg = None
+            if msg is None or msg["type"] != "pong":
                 raise SignalingError(f"message too big ({size} bytes > {limit})", close_codes.MESSAGE_TOO_BIG)
-        msg = parse_message(text)
+        else:
+            msg = parse_message(text)
         self._handlers[msg["type"]](msg)
 
     def _unexpected(self, msg: dict[str, Any]) -> SignalingError:
@@ -447,8 +490,34 @@ class SignalingSession:
         self.send_message(messages.redirect(location))
         self.close(close_codes.NORMAL, close_codes.REDIRECT)
 
+    def _admit_to_call(self, auth: AuthResult) -> AuthResult:
+        """Apply the call's settings when the channel is a stored call (``/v1``); refuse if it cannot join.
+
+        Raises SignalingError 4403 ``call ended`` / ``call is full (N participants)``.
+        Media the call does not allow is turned off, as an auth payout would.
+        """
+        gate = self.hub.calls.admission(auth.request.channel_id)
+        if gate is None:
+            return auth
+        if gate.ended:
+            raise SignalingError("call ended", close_codes.CALL_REFUSED)
+        settings = gate.settings
+        channel = self.hub.registry.get(gate.cid)
+        limit = settings.max_participants
+        present = len(channel.members) if channel is not None else 0
+        if limit is not None and present >= limit:
+            raise SignalingError(f"call is full ({limit} participants)", close_codes.CALL_REFUSED)
+        req = auth.request
+        if (req.audio and not settings.audio) or (req.video and not settings.video):
+            req = dataclasses.replace(req, audio=req.audio and settings.audio, video=req.video and settings.video)
+        lifetime = auth.connection_lifetime
+        if settings.max_duration_seconds is not None:
+            lifetime = min(lifetime or math.inf, float(settings.max_duration_seconds))
+        return dataclasses.replace(auth, request=req, connection_lifetime=lifetime)
+
     def _start(self, auth: AuthResult) -> None:
         """Join the channel, create the data plane connection and send the offer."""
+        auth = self._admit_to_call(auth)
         req = auth.request
         self._request = req
         cid = self.connection_id
@@ -572,6 +641,28 @@ class SignalingSession:
 
     def _on_pong(self, msg: dict[str, Any]) -> None:
         self._last_pong = self._loop.time()
+        # A stats ping is answered {"type":"pong","stats":[...]} on the WebSocket;
+        # once switched, req-stats is answered {"type":"stats","reports":[...]}
+        # on the stats data channel (sora-signaling.md §5.9).
+        if msg.get("type") == "pong":
+            reports, via = msg.get("stats"), "in pongs"
+        else:
+            reports, via = msg.get("reports"), "over the data channel" if self._switched else "in stats messages"
+        if isinstance(reports, list):
+            self.record_stats(reports, via)
+
+    def record_stats(self, reports: list[Any], via: str) -> None:
+        """Keep ``reports`` as the client's latest stats (the ``/v1`` connection stats endpoint reads them).
+
+        Only JSON objects are kept, and non-finite numbers (Python's JSON
+        parser accepts ``NaN``) become None: a client's report must never make
+        the API's JSON answer fail. The first report of each path (``via``) is logged.
+        """
+        self.last_stats = [sanitize_stats(entry) for entry in reports if isinstance(entry, dict)]
+        self.last_stats_at = datetime.now(UTC)
+        if via not in self._stats_paths_logged:
+            self._stats_paths_logged.add(via)
+            self.log.info("stats %s: %d report entries", via, len(self.last_stats))
 
     def _on_disconnect(self, msg: dict[str, Any]) -> None:
         reason = msg.get("reason")
@@ -602,6 +693,15 @@ class SignalingSession:
         channel, me = marked
         self.state = SessionState.CONNECTED
         self.log.info("connected; %d connection(s) in the channel", channel.counts()["channel_connections"])
+        self.hub.webhooks.emit(
+            "call.participant_joined",
+            call_cid=channel.channel_id,
+            call=self.hub.calls.call_snapshot(channel.channel_id),
+            participant=me.participant(),
+        )
+        # Tracks are negotiated with the answer, before the media is up: their
+        # webhooks follow the participant's.
+        self._emit_published(me, self._published)
         for member in channel.connected_members():
             member.handle.notify(messages.connection_created(channel, me, for_self=member is me))
         self._last_pong = self._loop.time()
@@ -633,10 +733,42 @@ class SignalingSession:
         self.close(close_codes.MEDIA_CLOSED, f"media connection closed: {reason or 'unknown'}")
 
     def on_track_published(self, event: Event) -> None:
-        """An upstream track was negotiated (informational)."""
+        """An upstream track was negotiated: log it and tell the webhooks."""
         self.log.info(
             "track published: %s mid=%s%s", event.media, event.mid, f" codec={event.codec}" if event.codec else ""
         )
+        member = self._member
+        if member is None or event.media not in ("audio", "video") or event.mid is None:
+            return
+        track = TrackResponse(
+            kind=cast("Literal['audio', 'video']", event.media),
+            mid=event.mid,
+            codec=event.codec,
+            connection_id=member.connection_id,
+            user_id=member.client_id,
+        )
+        self._published.append(track)
+        if member.connected:
+            # Before that, on_connected announces it right after the participant.
+            self._emit_published(member, [track])
+
+    def _emit_published(self, member: Member, tracks: list[TrackResponse]) -> None:
+        call = self.hub.calls.call_snapshot(member.channel_id)
+        for track in tracks:
+            self.hub.webhooks.emit(
+                "call.track_published", call_cid=member.channel_id, call=call, participant=member.participant(), track=track
+            )
+
+    def _emit_left(self, member: Member) -> None:
+        """Webhooks for a connected member that left: its tracks go, then it does."""
+        call = self.hub.calls.call_snapshot(member.channel_id)
+        participant = member.participant()
+        for track in self._published:
+            self.hub.webhooks.emit(
+                "call.track_unpublished", call_cid=member.channel_id, call=call, participant=participant, track=track
+            )
+        self._published.clear()
+        self.hub.webhooks.emit("call.participant_left", call_cid=member.channel_id, call=call, participant=participant)
 
     def on_internal_error(self, exc: BaseException) -> None:
         """Handling a data plane event failed (already logged): close this session only."""
@@ -714,11 +846,6 @@ class SignalingSession:
                 self._on_disconnect(msg)
             elif label == "stats" and kind == "stats":
                 self._on_pong(msg)
-                reports = msg.get("reports")
-                if isinstance(reports, list):
-                    if self.last_stats is None:
-                        self.log.info("stats over the data channel: %d report entries", len(reports))
-                    self.last_stats = reports
             else:
                 self.log.debug("ignoring %s on data channel %s", kind, label)
         except SignalingError as exc:
@@ -846,12 +973,39 @@ class SignalingSession:
                 if self._loop.time() - self._last_pong > self.settings.ping_timeout:
                     self.close(close_codes.PING_TIMEOUT, "ping timeout")
                     return
-                self.send_message(messages.ping())
+                # Sora's stats ping: the client answers with its W3C stats
+                # (sora-signaling.md §5.9), kept for the /v1 stats endpoint.
+                # Once switched, req-stats above already asked; a second
+                # request would make the client answer twice.
+                self.send_message(messages.ping(stats=not self._switched))
         except asyncio.CancelledError:
             raise
         except Exception:
             self.log.exception("ping loop failed")
             self.close(close_codes.INTERNAL_ERROR, "internal error")
+
+
+_STATS_MAX_DEPTH = 8
+"""Stats entries are flat objects; anything nested deeper than this is dropped (None)."""
+
+
+def sanitize_stats(value: Any, depth: int = 0) -> Any:
+    """A copy of ``value`` (a client's parsed JSON stats) that any JSON encoder takes.
+
+    NaN and Infinity (which Python's JSON parser accepts) become None, and
+    anything nested deeper than a stats entry could be becomes None.
+    """
+    if isinstance(value, float):
+        return value if value - value == 0.0 else None  # NaN and ±inf give NaN here
+    if isinstance(value, dict):
+        if depth >= _STATS_MAX_DEPTH:
+            return None
+        return {key: sanitize_stats(item, depth + 1) for key, item in value.items()}
+    if isinstance(value, list):
+        if depth >= _STATS_MAX_DEPTH:
+            return None
+        return [sanitize_stats(item, depth + 1) for item in value]
+    return value
 
 
 def _broadcast_notify(channel: Channel, message: dict[str, Any]) -> None:

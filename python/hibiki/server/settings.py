@@ -42,8 +42,21 @@ class ServerSettings:
     one whose media connection is not up this long after the answer (4492)."""
     log_level: str = "info"
     auth_secret: str | None = field(default=None, repr=False)
-    """Shared secret: when set, ``connect`` needs a JWT in ``metadata.access_token`` (HS256, signed
-    with it; see ``hibiki.server.auth``) and the HTTP API needs ``Authorization: Bearer <secret>``."""
+    """The API secret: when set, ``connect`` needs a JWT in ``metadata.access_token`` (HS256, signed
+    with it; see ``hibiki.server.auth``), the ``/v1`` API needs a server token signed with it, and
+    the Sora-style ``/api`` needs ``Authorization: Bearer <secret>``. None: everything is open."""
+    api_key: str | None = None
+    """When set (with a secret), ``/v1`` requests must also carry it in ``X-Api-Key``; webhooks carry it."""
+    database: str = "hibiki.sqlite3"
+    """SQLite file holding calls and members (created if missing); ``":memory:"`` keeps nothing."""
+    webhook_urls: tuple[str, ...] = ()
+    """Every call/participant/track event is POSTed to each of these (``hibiki.server.webhooks``)."""
+    webhook_timeout: float = 5.0
+    """Seconds a webhook receiver has to answer one delivery."""
+    webhook_max_attempts: int = 6
+    """Deliveries per event and URL before it is dropped (with an error in the log)."""
+    webhook_backoff: float = 0.5
+    """Delay before the first retry; it doubles with each retry, up to 30 s."""
     auth_webhook_url: str | None = None
     """When set, every ``connect`` is POSTed here for approval (``hibiki.server.auth``)."""
     auth_webhook_timeout: float = 5.0
@@ -64,21 +77,38 @@ class ServerSettings:
             raise ValueError(f"shards must be >= 1, got {self.shards}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
-        for name in ("ping_interval", "ping_timeout", "connect_timeout", "answer_timeout", "auth_webhook_timeout"):
+        for name in (
+            "ping_interval",
+            "ping_timeout",
+            "connect_timeout",
+            "answer_timeout",
+            "auth_webhook_timeout",
+            "webhook_timeout",
+            "webhook_backoff",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")
         if not (self.notify_update_interval >= 0 and math.isfinite(self.notify_update_interval)):
             raise ValueError("notify_update_interval must be >= 0 (0 = off)")
         if self.auth_secret is not None and not self.auth_secret:
             raise ValueError("auth_secret must not be empty")
+        if self.api_key is not None and not self.api_key:
+            raise ValueError("api_key must not be empty")
+        if not self.database:
+            raise ValueError("database must be a file path or ':memory:'")
+        if self.webhook_max_attempts < 1:
+            raise ValueError(f"webhook_max_attempts must be >= 1, got {self.webhook_max_attempts}")
         if self.auth_webhook_url is not None:
-            from urllib.parse import urlsplit
-
-            parts = urlsplit(self.auth_webhook_url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError(f"auth_webhook_url must be an http(s) URL, got {self.auth_webhook_url!r}")
+            _check_http_url("auth_webhook_url", self.auth_webhook_url)
+        for url in self.webhook_urls:
+            _check_http_url("webhook_urls", url)
         if self.public_ip is not None:
             ipaddress.ip_address(self.public_ip)  # raises ValueError with a clear message
+
+    @property
+    def open_mode(self) -> bool:
+        """No API secret: signaling and both APIs accept anyone (local development)."""
+        return self.auth_secret is None
 
     @property
     def rtc_bind_ip(self) -> str:
@@ -99,3 +129,11 @@ class ServerSettings:
         frames are cut by the WebSocket layer (also with 1009).
         """
         return max(4 * self.max_message_bytes, 1024 * 1024)
+
+
+def _check_http_url(name: str, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"{name} must be http(s) URLs, got {url!r}")
