@@ -191,13 +191,7 @@ def connection_created(channel: Channel, subject: Member, *, for_self: bool) -> 
     if for_self:
         data = []
         for member in channel.connected_members():
-            # role: not in Sora's list, but the asyncio call API shows it for
-            # participants already present (clients ignore unknown keys).
-            item: dict[str, Any] = {
-                "connection_id": member.connection_id,
-                "client_id": member.client_id,
-                "role": member.role,
-            }
+            item: dict[str, Any] = {"connection_id": member.connection_id, "client_id": member.client_id}
             if member.notify_metadata is not ABSENT:
                 item["metadata"] = member.notify_metadata
             if member.authz_metadata is not ABSENT:
