@@ -374,11 +374,12 @@ def _apply_config_file(parser: argparse.ArgumentParser, argv: list[str]) -> None
             if not all(isinstance(item, str) for item in items):
                 raise ValueError(f"--config {known.config}: {key} must be a string or a list of strings")
             if dest == "redirect":
-                items = [_redirect_rule(item) for item in items]  # type: ignore[misc]
+                items = [_redirect_rule(item) for item in items]
             defaults[dest] = items
             continue
+        convert = action.type
         try:
-            converted = action.type(str(value)) if action.type is not None and not isinstance(value, bool) else value
+            converted = convert(str(value)) if callable(convert) and not isinstance(value, bool) else value
         except (ValueError, argparse.ArgumentTypeError) as exc:
             raise ValueError(f"--config {known.config}: {key}: {exc}") from None
         if action.choices is not None and converted not in action.choices:

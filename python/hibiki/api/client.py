@@ -55,6 +55,7 @@ from pydantic import BaseModel, ValidationError
 from hibiki.api import tokens
 from hibiki.api.models import (
     CALL_ID_PATTERN,
+    PROBLEM_CODES,
     CallRequest,
     CallSettingsRequest,
     CallStateResponse,
@@ -110,20 +111,6 @@ _CALL_ID_RE: Final = re.compile(CALL_ID_PATTERN)
 _USER_AGENT: Final = "hibiki-python-api"
 _PROBLEM_DETAIL_MAX: Final = 500
 
-# The codes the server gives these statuses; used when an error answer is not a
-# problem document (a proxy's HTML page, a plain-text 502).
-_STATUS_CODES: Final = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    500: "internal_error",
-}
 
 M = TypeVar("M", bound=BaseModel)
 R = TypeVar("R", bound=BaseModel)
@@ -216,7 +203,7 @@ def _error_from_response(response: httpx.Response) -> ApiError:
         phrase = HTTPStatus(status).phrase
     except ValueError:
         phrase = "error"
-    return ApiError(status, _STATUS_CODES.get(status, "http_error"), text or phrase, method=method, url=url)
+    return ApiError(status, PROBLEM_CODES.get(status, "http_error"), text or phrase, method=method, url=url)
 
 
 def _network_error(method: str, url: str, exc: Exception) -> ApiError:
@@ -533,11 +520,10 @@ class _ClientBase:
 # -- the blocking client ----------------------------------------------------------------
 
 
-class Call:
-    """One call of a :class:`Client`: ``client.video.call(type, id)``. Makes no request by itself."""
+class _CallIdentity:
+    """What names a call, shared by :class:`Call` and :class:`AsyncCall`."""
 
-    def __init__(self, client: Client, type: str, id: str) -> None:
-        self._client = client
+    def __init__(self, type: str, id: str) -> None:
         self._ops = _CallOps(type, id)
 
     @property
@@ -556,7 +542,15 @@ class Call:
         return f"{self._ops.type}:{self._ops.id}"
 
     def __repr__(self) -> str:
-        return f"Call({self.cid!r})"
+        return f"{type(self).__name__}({self.cid!r})"
+
+
+class Call(_CallIdentity):
+    """One call of a :class:`Client`: ``client.video.call(type, id)``. Makes no request by itself."""
+
+    def __init__(self, client: Client, type: str, id: str) -> None:
+        super().__init__(type, id)
+        self._client = client
 
     def get_or_create(
         self, data: CallRequest | Mapping[str, Any] | None = None, members_limit: int = 25
@@ -724,30 +718,12 @@ class Client(_ClientBase):
 # -- the asyncio client -----------------------------------------------------------------
 
 
-class AsyncCall:
+class AsyncCall(_CallIdentity):
     """One call of an :class:`AsyncClient`: :class:`Call` with coroutine methods."""
 
     def __init__(self, client: AsyncClient, type: str, id: str) -> None:
+        super().__init__(type, id)
         self._client = client
-        self._ops = _CallOps(type, id)
-
-    @property
-    def type(self) -> str:
-        """The call type (``"default"``...)."""
-        return self._ops.type
-
-    @property
-    def id(self) -> str:
-        """The call id."""
-        return self._ops.id
-
-    @property
-    def cid(self) -> str:
-        """``"<type>:<id>"``: also the Sora ``channel_id`` its media uses."""
-        return f"{self._ops.type}:{self._ops.id}"
-
-    def __repr__(self) -> str:
-        return f"AsyncCall({self.cid!r})"
 
     async def get_or_create(
         self, data: CallRequest | Mapping[str, Any] | None = None, members_limit: int = 25

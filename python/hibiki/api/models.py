@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
     "CALL_ID_PATTERN",
+    "PROBLEM_CODES",
     "WEBHOOK_EVENT_TYPES",
     "CallEndedNotify",
     "CallRequest",
@@ -345,6 +346,21 @@ class CreateTokenResponse(_Response):
 
 
 # -- errors ---------------------------------------------------------------------------
+
+
+PROBLEM_CODES: dict[int, str] = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    500: "internal_error",
+}
+"""The ``code`` of an error that has no more specific one, by HTTP status."""
 
 
 class Problem(BaseModel):

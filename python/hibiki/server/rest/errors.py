@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
-from hibiki.api.models import Problem
+from hibiki.api.models import PROBLEM_CODES, Problem
 
 __all__ = ["PROBLEM_MEDIA_TYPE", "PROBLEM_RESPONSES", "ApiProblem", "install_problem_handlers", "problem_response"]
 
@@ -26,18 +26,6 @@ log = logging.getLogger("hibiki.server.rest")
 
 PROBLEM_MEDIA_TYPE: Final = "application/problem+json"
 
-_DEFAULT_CODES: Final = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    409: "conflict",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    422: "validation_error",
-    500: "internal_error",
-}
 
 
 class ApiProblem(Exception):
@@ -101,7 +89,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         status = exc.status_code
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
         headers = dict(exc.headers) if exc.headers else None
-        return problem_response(status, _DEFAULT_CODES.get(status, "error"), detail, headers)
+        return problem_response(status, PROBLEM_CODES.get(status, "error"), detail, headers)
 
     async def on_error(request: Request, exc: Exception) -> Response:
         log.exception("%s %s failed", request.method, request.url.path)
