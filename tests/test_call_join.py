@@ -535,37 +535,48 @@ def readme_example() -> str:
 
 
 def test_readme_example(server_factory: Callable[..., ServerProcess], capsys: pytest.CaptureFixture[str]) -> None:
-    """README's ``attend``: two users see each other join, get each other's media (content checked),
-    bob leaves (alice sees participant_left), then ending the call gives alice call_ended."""
+    """README's ``attend``, run as written: alice and bob see each other join and get each other's
+    media (content checked); carol comes and goes (both see her participant_left); ending the call
+    gives both call_ended, then disconnected."""
     server = server_factory("--api-secret", SECRET, "--api-key", KEY)
     namespace: dict[str, Any] = {}
     exec(compile(readme_example(), "README.md", "exec"), namespace)  # noqa: S102 - our own README
     # The example's client points at the README's address: point it at this server.
-    namespace["client"] = AsyncClient(api_key=KEY, api_secret=SECRET, base_url=server.url)
+    namespace["client"] = client = AsyncClient(api_key=KEY, api_secret=SECRET, base_url=server.url)
     attend = namespace["attend"]
     sdk = hibiki.Hibiki()
-    sources = {u: (sdk.create_audio_source(1, RATE), sdk.create_video_source()) for u in USERS}
-    seen = {u: Seen() for u in USERS}
+    users = (*USERS, "carol")
+    sources = {u: (sdk.create_audio_source(1, RATE), sdk.create_video_source()) for u in users}
+    seen = {u: Seen() for u in users}
+
+    def start(user: str) -> asyncio.Task[None]:
+        return asyncio.create_task(attend(user, *sources[user], lambda e: record(seen[user], e)))
 
     async def scenario() -> None:
-        alice = asyncio.create_task(attend("alice", *sources["alice"], lambda e: record(seen["alice"], e)))
         with feeding(*sources["alice"], "alice"), feeding(*sources["bob"], "bob"):
-            bob = asyncio.create_task(attend("bob", *sources["bob"], lambda e: record(seen["bob"], e)))
+            alice, bob = start("alice"), start("bob")
             await seen["alice"].wait(lambda: media_arrived(seen["alice"], "bob"), "bob's media at alice", 30)
             await seen["bob"].wait(lambda: media_arrived(seen["bob"], "alice"), "alice's media at bob", 30)
             for user, other in (("alice", "bob"), ("bob", "alice")):
                 assert [p.user_id for p in seen[user].of("participant_joined")] == [other]
                 check_media_from(seen[user], other)
-            bob.cancel()  # bob leaves the call
-            await asyncio.gather(bob, return_exceptions=True)
-            await seen["alice"].wait(lambda: bool(seen["alice"].of("participant_left")), "bob's participant_left")
-            assert [p.user_id for p in seen["alice"].of("participant_left")] == ["bob"]
-        await namespace["client"].video.call("default", "standup").end()
-        await asyncio.wait_for(alice, 15)
-        assert seen["alice"].types()[-2:] == ["call_ended", "disconnected"], seen["alice"].types()
-        await namespace["client"].aclose()
+            carol = start("carol")
+            for user in USERS:
+                await seen[user].wait(lambda u=user: len(seen[u].of("participant_joined")) == 2, "carol's join")
+            carol.cancel()  # carol leaves the call
+            await asyncio.gather(carol, return_exceptions=True)
+            for user in USERS:
+                await seen[user].wait(lambda u=user: bool(seen[u].of("participant_left")), "carol's leave")
+                assert [p.user_id for p in seen[user].of("participant_left")] == ["carol"]
+            await client.video.call("default", "standup").end()
+            await asyncio.wait_for(asyncio.gather(alice, bob), 15)
+        for user in USERS:
+            types = seen[user].types()
+            assert types[-1] == "disconnected" and types.count("call_ended") == 1, types
+        await client.aclose()
 
     run(scenario(), timeout=90)
     out = capsys.readouterr().out
     assert "alice sees bob join" in out and "bob sees alice join" in out
-    assert "alice sees bob leave" in out and "alice sees the call end" in out
+    assert "alice sees carol leave" in out and "bob sees carol leave" in out
+    assert "alice sees the call end" in out and "bob sees the call end" in out
