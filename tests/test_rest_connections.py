@@ -446,10 +446,18 @@ def test_stats_from_sdk_subscriber_over_websocket_and_data_channels(server_facto
                                 line = next(x for x in server.log_text().splitlines()
                                             if str(sub.connection_id) in x and "stats over the data channel" in x)
                                 assert int(line.rsplit(":", 1)[1].split()[0]) > 0, line
-                    # The publisher reports too (no received tracks: no inbound-rtp).
-                    pub_stats = await poll(lambda: stats_of(http, url, pub.connection_id),
-                                           lambda s: s.collected_at is not None, 10, "the publisher's stats")
+                    # The publisher reports what it sends (and, with no received tracks, no inbound-rtp).
+                    def sending(s: ConnectionStatsResponse) -> bool:
+                        entry = _rtp(s, "video", "outbound")
+                        return entry is not None and int(entry.get("framesEncoded", 0)) > 10
+
+                    pub_stats = await poll(lambda: stats_of(http, url, pub.connection_id), sending, 10,
+                                           "the publisher's outbound-rtp")
                     assert _rtp(pub_stats, "video", "inbound") is None
+                    out = _rtp(pub_stats, "video", "outbound")
+                    assert out is not None and out["bytesSent"] > 1000 and out["pliCount"] >= 0
+                    codecs = {e["id"]: e for e in pub_stats.reports if e.get("type") == "codec"}
+                    assert codecs[out["codecId"]]["mimeType"] == "video/VP8"
 
     run(go())
 

@@ -93,6 +93,7 @@ from .signaling import (
     spawn,
 )
 from .sources import AudioSource, VideoSource, _Attachment
+from .stats import build_report
 from .tracks import MediaTrack
 from .transform import FrameTransformer, check_transformer
 
@@ -285,6 +286,8 @@ class Connection:
             None if degradation_preference is None else DegradationPreference(int(degradation_preference))
         )
         self._video_attachment: _Attachment | None = None
+        self._plis_received = 0
+        """Key frame requests (PLI/FIR) the server sent for our video (``pliCount``)."""
         if audio_opus_params:
             # Checked here, so that a bad value fails the call that passed it
             # (ValueError) rather than the encoder thread later on.
@@ -739,11 +742,11 @@ class Connection:
     async def _on_ping(self, msg: dict[str, Any]) -> None:
         # libsora answers a stats ping on the stats DataChannel once switched (§5.9).
         if msg.get("stats") is True and self.switched and self._dc.is_open("stats") and \
-                self._send_dc("stats", {"type": "stats", "reports": self._stats_reports()}):
+                self._send_dc("stats", {"type": "stats", "reports": build_report(self)}):
             return
         pong: dict[str, Any] = {"type": "pong"}
         if msg.get("stats") is True:
-            pong["stats"] = self._stats_reports()
+            pong["stats"] = build_report(self)
         await self._send(pong, report=False)
 
     def _on_notify(self, text: str, msg: dict[str, Any]) -> None:
@@ -897,7 +900,7 @@ class Connection:
         elif label == "push" and kind == "push":
             self._on_push(text, msg)
         elif label == "stats" and kind == "req-stats":
-            self._send_dc("stats", {"type": "stats", "reports": self._stats_reports()})
+            self._send_dc("stats", {"type": "stats", "reports": build_report(self)})
         else:
             self._log(logging.DEBUG, "ignoring %r on DataChannel %r", kind, label)
 
@@ -1012,10 +1015,12 @@ class Connection:
     def get_stats(self) -> str:
         """The connection's statistics as a JSON array of W3C-style stats objects (sora-sdk's shape).
 
-        Hibiki reports what its own data plane counts: data channels,
-        received tracks and the send bandwidth estimate.
+        What the SDK counts, with W3C names: codecs, outbound-rtp per sent
+        track, inbound-rtp per received track, media sources, the transport,
+        data channels and the send bandwidth estimate (``hibiki.client.stats``).
+        The server gets the same report with every ``pong``.
         """
-        return json.dumps(self._stats_reports())
+        return json.dumps(build_report(self))
 
     # -- engine events (SDK loop) -----------------------------------------------------------
 
@@ -1031,6 +1036,7 @@ class Connection:
             self._on_track_removed(event.mid or "")
         elif kind == "keyframe_request":
             if self.video_source is not None and event.mid == self._mids.get("video"):
+                self._plis_received += 1
                 self.video_source.request_keyframe()
         elif kind == "connected":
             self._on_connected()

@@ -39,7 +39,6 @@ from ._enums import (
     SoraSignalingErrorCode,
     SoraSignalingType,
 )
-from ._stats import build_report
 from ._tracks import (
     SoraAudioSource,
     SoraMediaTrack,
@@ -171,13 +170,11 @@ class SoraConnection:
         counts - ``codec``, ``outbound-rtp``, ``inbound-rtp``,
         ``media-source``, ``transport``, ``peer-connection``,
         ``data-channel``, ``candidate-pair`` - with W3C field names; see
-        :mod:`hibiki.compat.sora_sdk._stats`. ``"[]"`` before ``connect()``.
+        :mod:`hibiki.client.stats`. ``"[]"`` before ``connect()``.
         """
-        import json
-
         if self._conn.state == "new":
             return "[]"
-        return json.dumps(build_report(self._conn))
+        return self._conn.get_stats()
 
     # -- callbacks ------------------------------------------------------------------------------
 

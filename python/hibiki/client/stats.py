@@ -1,4 +1,4 @@
-"""``SoraConnection.get_stats()``: a W3C-style stats report built from what the Hibiki SDK counts.
+"""``Connection.get_stats()`` (and sora-sdk's): a W3C-style stats report built from what the SDK counts.
 
 sora-sdk returns libwebrtc's full RTCStatsReport. Hibiki's data plane is
 not libwebrtc, so the report holds the entries whose numbers the SDK really
@@ -12,8 +12,10 @@ has, with W3C ``RTCStats`` names (webrtc-stats):
 * ``inbound-rtp`` - per received track: ``bytesReceived``,
   ``framesReceived``/``framesDecoded``, ``frameWidth``/``frameHeight``;
 * ``transport`` - totals and DTLS/ICE state;
-* whatever :meth:`hibiki.Connection.get_stats` reports besides
-  (``peer-connection``, ``data-channel``, ``candidate-pair``).
+* what the connection counts besides (``data-channel``, ``candidate-pair``).
+
+The same report answers the server's ``ping`` with ``stats: true`` and its
+``req-stats``, which is what ``GET /v1/calls/{type}/{id}/connections/{id}/stats`` shows.
 
 Not there: ``ssrc``, packet loss, jitter, RTT (the engine does not expose
 them yet). ``timestamp`` is in microseconds since the Unix epoch, the unit
@@ -23,7 +25,6 @@ use milliseconds.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["build_report"]
 
-logger = logging.getLogger("hibiki.compat")
+logger = logging.getLogger("hibiki.client")
 
 TRANSPORT_ID = "T01"
 # Clock rate and channel count of the codecs the SDK knows, for codec
@@ -146,9 +147,9 @@ def _merge(reports: list[dict[str, Any]], entry: dict[str, Any]) -> None:
 def build_report(conn: Connection) -> list[dict[str, Any]]:
     """The stats report of ``conn``: Hibiki's own entries, completed (see module doc)."""
     try:
-        base = json.loads(conn.get_stats()) if hasattr(conn, "get_stats") else []
+        base = conn._stats_reports()
     except Exception:  # the report is best effort; never fail the caller for it
-        logger.debug("hibiki get_stats failed", exc_info=True)
+        logger.debug("the connection's own stats failed", exc_info=True)
         base = []
     reports: list[dict[str, Any]] = [r for r in base if isinstance(r, dict) and "type" in r and "id" in r]
     offer = conn.offer or {}
@@ -184,6 +185,7 @@ def build_report(conn: Connection) -> list[dict[str, Any]]:
             if isinstance(source, VideoSource):
                 entry["framesEncoded"] = c["frames_sent"]
                 entry["framesSent"] = c["frames_sent"]
+                entry["pliCount"] = conn._plis_received
                 if source.frame_width:
                     entry["frameWidth"] = source.frame_width
                     entry["frameHeight"] = source.frame_height
