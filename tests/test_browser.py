@@ -27,7 +27,7 @@ import asyncio
 import base64
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -355,5 +355,38 @@ def test_two_browsers_see_each_other_and_the_tile_goes_when_one_leaves(server: S
             await wait_js(alice, "(cid) => !window.hibiki.tiles().includes(cid)", 10, bob_cid)
             assert await alice.evaluate("window.hibiki.tiles()") == ["local"]
             await alice.evaluate("window.hibiki.leave()")
+
+    run(main(), timeout=60)
+
+
+def test_browser_joins_a_call_with_a_user_token_and_sees_it_end(
+    server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """With an API secret the page joins with ``?token=`` (a user token), as that user; without one it
+    is refused; ending the call over REST shows on the page and closes it."""
+    from hibiki.api import AsyncClient
+
+    secret, key = "browser-secret-0123456789abcdef0123456789", "browser-key"
+    server = server_factory("--api-secret", secret, "--api-key", key)
+    client = AsyncClient(api_key=key, api_secret=secret, base_url=server.url)
+    call_id = new_channel_id()
+    cid = f"default:{call_id}"
+
+    async def main() -> None:
+        await client.video.call("default", call_id).get_or_create()
+        token = client.create_token("dana", call_cids=[cid])
+        async with browser_page(server, f"?channel={cid}&autojoin=1&token={token}") as page:
+            await wait_js(page, "window.hibiki.state === 'connected'", 15)
+            assert await page.evaluate("window.hibiki.clientId") == "dana"
+            listed = await client.video.call("default", call_id).list_connections()
+            assert [c.user_id for c in listed.connections] == ["dana"]
+            await client.video.call("default", call_id).end()
+            await wait_js(page, "window.hibiki.state !== 'connected'", 10)
+            log = await page.text_content("#chat-log")
+            assert "the call was ended" in (log or ""), log
+        async with browser_page(server, f"?channel={cid}&autojoin=1") as page:
+            await wait_js(page, "window.hibiki.state === 'error'", 15)
+            assert "4401" in (await page.evaluate("window.hibiki.lastError") or "")
+        await client.aclose()
 
     run(main(), timeout=60)

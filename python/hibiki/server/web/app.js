@@ -149,6 +149,9 @@
     };
     if (opts.clientId) connect.client_id = opts.clientId;
     if (opts.metadata !== undefined) connect.metadata = opts.metadata;
+    // A server with an API secret wants a user token (hibiki.api create_token / POST /v1/tokens).
+    const token = opts.token || new URLSearchParams(location.search).get("token");
+    if (token) connect.metadata = Object.assign({}, connect.metadata || {}, { access_token: token });
 
     const ws = new WebSocket(opts.signalingUrl || signalingUrl());
     state.ws = ws;
@@ -284,6 +287,9 @@
         systemChat(`${msg.client_id || cid} joined`);
       }
       for (const [sid] of state.tiles) relabel(sid);
+    } else if (msg.event_type === "call.ended") {
+      // The call was ended over the REST API; the server closes us next.
+      systemChat("the call was ended");
     } else if (msg.event_type === "connection.destroyed") {
       if (cid && cid !== state.connectionId) {
         systemChat(`${(state.participants.get(cid) || {}).client_id || cid} left`);
