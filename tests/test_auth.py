@@ -155,7 +155,7 @@ def test_token_cli() -> None:
     assert claims["metadata"] == {"a": 1}
     assert 50 <= claims["exp"] - time.time() <= 70
     no_secret = subprocess.run(cmd, capture_output=True, text=True, env={"PYTHONPATH": str(PYTHON_SRC)}, timeout=30)
-    assert no_secret.returncode == 2 and "HIBIKI_AUTH_SECRET" in no_secret.stderr
+    assert no_secret.returncode == 2 and "HIBIKI_API_SECRET" in no_secret.stderr
 
 
 def test_secret_and_webhook_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -52,6 +52,7 @@ def test_config_file_errors_exit_with_a_message(tmp_path: Path, content: str, me
     config.write_text(content)
     proc = subprocess.run(
         [sys.executable, "-m", "hibiki", "serve", "--config", str(config)],
+        check=False,
         capture_output=True,
         text=True,
         env={"PYTHONPATH": str(PYTHON_SRC)},
@@ -60,6 +61,6 @@ def test_config_file_errors_exit_with_a_message(tmp_path: Path, content: str, me
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     missing = subprocess.run(
         [sys.executable, "-m", "hibiki", "serve", "--config", str(tmp_path / "none.toml")],
-        capture_output=True, text=True, env={"PYTHONPATH": str(PYTHON_SRC)}, timeout=30,
+        check=False, capture_output=True, text=True, env={"PYTHONPATH": str(PYTHON_SRC)}, timeout=30,
     )
     assert missing.returncode == 2 and "cannot read --config" in missing.stderr

@@ -135,3 +135,21 @@ def test_token_endpoint_tokens_join(server_factory: Any) -> None:
         )
 
     run(body())
+
+
+def test_token_cli_makes_user_tokens() -> None:
+    import subprocess
+    import sys
+
+    from conftest import PYTHON_SRC
+
+    env = {"PYTHONPATH": str(PYTHON_SRC), "HIBIKI_API_SECRET": SECRET}
+    cmd = [sys.executable, "-m", "hibiki", "token", "--user-id", "erin", "--call-cid", CID, "--role", "recvonly"]
+    out = subprocess.run([*cmd, "--ttl", "60"], capture_output=True, text=True, env=env, timeout=30, check=True)
+    claims = decode_token(SECRET, out.stdout.strip())
+    assert (claims["user_id"], claims["call_cids"], claims["role"]) == ("erin", [CID], "recvonly")
+    assert 50 <= claims["exp"] - time.time() <= 70
+    assert _verify(out.stdout.strip(), role="recvonly")["user_id"] == "erin"
+    bad = subprocess.run([*cmd[:6], "--call-cid", "nocolon"], capture_output=True, text=True, env=env, timeout=30,
+                         check=False)
+    assert bad.returncode == 2 and "call_cids" in bad.stderr

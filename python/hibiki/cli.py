@@ -193,15 +193,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     token = sub.add_parser(
         "token",
-        help="print an access token for a server started with --auth-secret",
-        description="Print a JWT (HS256) to put in connect's metadata.access_token.",
+        help="print an access token for a server started with --api-secret",
+        description="Print a JWT (HS256) to put in connect's metadata.access_token: a user token "
+        "(--user-id, optionally --call-cid) or a Sora-style one (--channel-id).",
     )
     token.add_argument(
         "--secret",
-        default=os.environ.get("HIBIKI_AUTH_SECRET") or None,
-        help="the server's --auth-secret (default: $HIBIKI_AUTH_SECRET)",
+        default=os.environ.get("HIBIKI_API_SECRET") or os.environ.get("HIBIKI_AUTH_SECRET") or None,
+        help="the server's --api-secret (default: $HIBIKI_API_SECRET, or $HIBIKI_AUTH_SECRET)",
     )
-    token.add_argument("--channel-id", required=True, help="the channel the token admits to")
+    who = token.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user-id", help="a user token for this user (its connections' client_id)")
+    who.add_argument("--channel-id", help="a Sora-style token for this channel")
+    token.add_argument(
+        "--call-cid",
+        action="append",
+        default=None,
+        metavar="TYPE:ID",
+        help="with --user-id: a call the token may join; repeatable (default: any call)",
+    )
     token.add_argument("--role", choices=("sendrecv", "sendonly", "recvonly"), help="restrict to this role")
     token.add_argument("--client-id", help="client_id the connection gets (overrides what the client sends)")
     token.add_argument("--ttl", type=_positive_float, default=3600.0, help="seconds until it expires (default 3600)")
@@ -303,16 +313,31 @@ def _database_problem(path: str) -> str | None:
 
 
 def _token(args: argparse.Namespace) -> int:
+    from hibiki.api.tokens import create_token
     from hibiki.server.auth import create_access_token
 
     if not args.secret:
-        print("hibiki token: give --secret or set HIBIKI_AUTH_SECRET", file=sys.stderr)
+        print("hibiki token: give --secret or set HIBIKI_API_SECRET", file=sys.stderr)
         return 2
     claims = dict(args.claim)
-    for name in ("channel_id", "role", "client_id", "exp", "iat"):
+    for name in ("channel_id", "user_id", "call_cids", "role", "client_id", "exp", "iat"):
         if name in claims:
             print(f"hibiki token: set {name} with its own option, not --claim", file=sys.stderr)
             return 2
+    if args.user_id is not None:
+        if args.client_id is not None:
+            print("hibiki token: a user token's client_id is its --user-id", file=sys.stderr)
+            return 2
+        try:
+            print(create_token(args.secret, args.user_id, expiration=args.ttl, call_cids=args.call_cid,
+                               role=args.role, **claims))
+        except ValueError as exc:
+            print(f"hibiki token: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.call_cid:
+        print("hibiki token: --call-cid goes with --user-id", file=sys.stderr)
+        return 2
     print(
         create_access_token(
             args.secret, args.channel_id, role=args.role, ttl=args.ttl, client_id=args.client_id, **claims
