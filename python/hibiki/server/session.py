@@ -68,9 +68,9 @@ _logger = logging.getLogger("hibiki.server.session")
 _CLOSE_WAIT_S = 5.0
 # How long the data channels' closing gets before the connection is torn down.
 _DC_GOODBYE_S = 0.5
-# Candidates trickled before the answer are kept until it arrives; bound them.
 # The longest the Sfu keeps a closing connection while its WebSocket close frame goes out.
 _CLOSE_FRAME_GRACE_S = 1.0
+# Candidates trickled before the answer are kept until it arrives; bound them.
 _MAX_PENDING_CANDIDATES = 64
 # A client that does not read its socket makes the outbox grow; past this many
 # queued messages the session is closed.
@@ -754,9 +754,10 @@ class SignalingSession:
 
     def _emit_published(self, member: Member, tracks: list[TrackResponse]) -> None:
         call = self.hub.calls.call_snapshot(member.channel_id)
+        participant = member.participant()
         for track in tracks:
             self.hub.webhooks.emit(
-                "call.track_published", call_cid=member.channel_id, call=call, participant=member.participant(), track=track
+                "call.track_published", call_cid=member.channel_id, call=call, participant=participant, track=track
             )
 
     def _emit_left(self, member: Member) -> None:
