@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, Depends, Path, Query, Response, status
+from fastapi import APIRouter, Body, Depends, Query, Response, status
 
 from hibiki.api.models import (
-    CALL_ID_PATTERN,
     DeleteCallResponse,
     EndCallResponse,
     GetCallResponse,
@@ -28,7 +27,7 @@ from hibiki.api.models import (
 )
 from hibiki.server.calls import CallNotFoundError, CallRequestError, CallService
 from hibiki.server.hub import Hub
-from hibiki.server.rest.deps import get_hub
+from hibiki.server.rest.deps import CallIdParam, CallTypeParam, get_hub
 from hibiki.server.rest.errors import PROBLEM_RESPONSES, ApiProblem
 from hibiki.server.rest.security import ServerAuth
 
@@ -39,10 +38,6 @@ T = TypeVar("T")
 router = APIRouter(tags=["calls"], dependencies=[ServerAuth], responses=PROBLEM_RESPONSES)
 """The calls routes, relative to ``/v1``."""
 
-CallTypeParam = Annotated[
-    str, Path(alias="type", pattern=CALL_ID_PATTERN, description="The call type, e.g. `default`.")
-]
-CallIdParam = Annotated[str, Path(alias="id", pattern=CALL_ID_PATTERN, description="The call id within its type.")]
 
 
 def get_calls(hub: Annotated[Hub, Depends(get_hub)]) -> CallService:

@@ -29,7 +29,6 @@ from fastapi import APIRouter, Depends
 from fastapi import Path as PathParam
 
 from hibiki.api.models import (
-    CALL_ID_PATTERN,
     ConnectionResponse,
     ConnectionStatsResponse,
     DisconnectResponse,
@@ -42,15 +41,13 @@ from hibiki.api.models import (
 from hibiki.server import close_codes
 from hibiki.server.channel import Member
 from hibiki.server.hub import Hub
-from hibiki.server.rest.deps import get_hub
+from hibiki.server.rest.deps import CallIdParam, CallTypeParam, get_hub
 from hibiki.server.rest.errors import PROBLEM_MEDIA_TYPE, PROBLEM_RESPONSES, ApiProblem
 from hibiki.server.rest.security import ServerAuth
 from hibiki.server.session import SignalingSession, sanitize_stats
 
 __all__ = ["router"]
 
-CallType = Annotated[str, PathParam(alias="type", pattern=CALL_ID_PATTERN, description="The call's type.")]
-CallId = Annotated[str, PathParam(alias="id", pattern=CALL_ID_PATTERN, description="The call's id.")]
 ConnectionId = Annotated[
     str,
     # Server-made ids are 26 characters; the bound only keeps junk out of logs and details.
@@ -124,7 +121,7 @@ def _push(members: list[Member], data: dict[str, Any]) -> SendMessageResponse:
     summary="List the call's connections",
     operation_id="list_connections",
 )
-async def list_connections(call_type: CallType, call_id: CallId, hub: HubDep) -> ListConnectionsResponse:
+async def list_connections(call_type: CallTypeParam, call_id: CallIdParam, hub: HubDep) -> ListConnectionsResponse:
     """The connections in the call's channel now, oldest first (in every state: ``connected`` says
     whether media is up). Empty when nobody is connected, stored call or not."""
     cid = _cid(call_type, call_id)
@@ -152,7 +149,7 @@ async def list_connections(call_type: CallType, call_id: CallId, hub: HubDep) ->
     operation_id="disconnect_connection",
 )
 async def disconnect_connection(
-    call_type: CallType, call_id: CallId, connection_id: ConnectionId, hub: HubDep
+    call_type: CallTypeParam, call_id: CallIdParam, connection_id: ConnectionId, hub: HubDep
 ) -> DisconnectResponse:
     """Close the connection from the server: its WebSocket closes with 1000 ``DISCONNECTED-API``
     (sora-sdk reports ``CLOSE_SUCCEEDED``) and the others get ``connection.destroyed``.
@@ -170,7 +167,7 @@ async def disconnect_connection(
     responses=_PAYLOAD_TOO_LARGE,
 )
 async def send_call_message(
-    call_type: CallType, call_id: CallId, body: SendMessageRequest, hub: HubDep
+    call_type: CallTypeParam, call_id: CallIdParam, body: SendMessageRequest, hub: HubDep
 ) -> SendMessageResponse:
     """Every connection of the call gets ``{"type": "push", "data": data}`` (sora-sdk's ``on_push``,
     hibiki's ``Push`` event). ``connection_ids`` lists them; empty when nobody is connected."""
@@ -186,7 +183,7 @@ async def send_call_message(
     responses=_PAYLOAD_TOO_LARGE,
 )
 async def send_connection_message(
-    call_type: CallType, call_id: CallId, connection_id: ConnectionId, body: SendMessageRequest, hub: HubDep
+    call_type: CallTypeParam, call_id: CallIdParam, connection_id: ConnectionId, body: SendMessageRequest, hub: HubDep
 ) -> SendMessageResponse:
     """The connection gets ``{"type": "push", "data": data}``."""
     member = _member(hub, _cid(call_type, call_id), connection_id)
@@ -201,7 +198,7 @@ async def send_connection_message(
     operation_id="request_keyframe",
 )
 async def request_keyframe(
-    call_type: CallType, call_id: CallId, connection_id: ConnectionId, hub: HubDep
+    call_type: CallTypeParam, call_id: CallIdParam, connection_id: ConnectionId, hub: HubDep
 ) -> RequestKeyframeResponse:
     """The SFU sends a PLI on each of the connection's video tracks; its encoder answers with a key
     frame. 400 ``bad_request`` when the connection sends no video (recvonly, or video off)."""
@@ -223,7 +220,7 @@ async def request_keyframe(
     operation_id="get_connection_stats",
 )
 async def get_connection_stats(
-    call_type: CallType, call_id: CallId, connection_id: ConnectionId, hub: HubDep
+    call_type: CallTypeParam, call_id: CallIdParam, connection_id: ConnectionId, hub: HubDep
 ) -> ConnectionStatsResponse:
     """The W3C ``RTCStatsReport`` entries the client sent last (``inbound-rtp``, ``outbound-rtp``,
     ``candidate-pair``... as it reported them) and when they arrived. The server asks with every
