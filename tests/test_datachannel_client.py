@@ -515,7 +515,11 @@ def test_server_messages_over_datachannels_with_zlib() -> None:
             await conn.connect()
             session = await server.session_of(conn)
             await wait_switched(conn)
-            assert any(isinstance(e, Switched) and not e.ignore_disconnect_websocket for e in events)
+            # The event reaches the collector task a moment after conn.switched is set.
+            deadline = time.monotonic() + 5
+            while not any(isinstance(e, Switched) for e in events) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert any(isinstance(e, Switched) and not e.ignore_disconnect_websocket for e in events), events
 
             notify = {"type": "notify", "event_type": "connection.created", "connection_id": conn.connection_id}
             assert session.send("notify", notify)
