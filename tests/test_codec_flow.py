@@ -39,8 +39,9 @@ import numpy as np
 import pytest
 from conftest import ServerProcess, new_channel_id, wait_until
 from hibiki.media import video as mv
-from hibiki.media.testsrc import pattern_intact, read_counter, test_pattern
+from hibiki.media.testsrc import read_counter, test_pattern
 from sora_clients.harness import Event, SoraPeer
+from test_media_flow import FrameLog
 
 WIDTH, HEIGHT, FPS = 320, 240, 15
 CODECS = ["VP8", "VP9", "AV1", "H264", "H265"]
@@ -74,25 +75,6 @@ def feeding(source: hibiki.VideoSource, counter_base: int = 0) -> Iterator[None]
         stop.set()
         thread.join(5)
         assert not errors, f"feeder failed: {errors!r}"
-
-
-class FrameLog:
-    """(counter, intact, size) of every picture a VideoSink delivers."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.frames: list[tuple[int | None, bool, tuple[int, int]]] = []
-
-    def on_frame(self, frame: hibiki.VideoFrame) -> None:
-        bgr = frame.data()
-        counter = read_counter(bgr)
-        intact = counter is not None and pattern_intact(bgr, counter)
-        with self.lock:
-            self.frames.append((counter, intact, (frame.width, frame.height)))
-
-    def snapshot(self) -> list[tuple[int | None, bool, tuple[int, int]]]:
-        with self.lock:
-            return list(self.frames)
 
 
 def check_frames(frames: list[tuple[int | None, bool, tuple[int, int]]], counters: range) -> None:

@@ -503,13 +503,15 @@ class _ClientBase:
 
         return {"User-Agent": f"{_USER_AGENT}/{__version__}", "Accept": "application/json, application/problem+json"}
 
-    @staticmethod
-    def _env_settings(base_url: str | None) -> dict[str, Any]:
-        return {
-            "api_key": os.environ.get("HIBIKI_API_KEY") or None,
-            "api_secret": os.environ.get("HIBIKI_API_SECRET") or os.environ.get("HIBIKI_AUTH_SECRET") or None,
-            "base_url": base_url or os.environ.get("HIBIKI_BASE_URL") or DEFAULT_BASE_URL,
-        }
+    @classmethod
+    def from_env(cls, base_url: str | None = None, timeout: float = 10.0) -> Self:
+        """A client configured from ``HIBIKI_API_KEY``, ``HIBIKI_API_SECRET`` and ``HIBIKI_BASE_URL``."""
+        return cls(
+            api_key=os.environ.get("HIBIKI_API_KEY") or None,
+            api_secret=os.environ.get("HIBIKI_API_SECRET") or os.environ.get("HIBIKI_AUTH_SECRET") or None,
+            base_url=base_url or os.environ.get("HIBIKI_BASE_URL") or DEFAULT_BASE_URL,
+            timeout=timeout,
+        )
 
     def __repr__(self) -> str:
         # Never the secret: reprs end up in logs.
@@ -680,11 +682,6 @@ class Client(_ClientBase):
         self.video = Video(self)
         """Calls: ``client.video.call(type, id)``, ``client.video.query_calls(...)``."""
 
-    @classmethod
-    def from_env(cls, base_url: str | None = None, timeout: float = 10.0) -> Client:
-        """A client configured from ``HIBIKI_API_KEY``, ``HIBIKI_API_SECRET`` and ``HIBIKI_BASE_URL``."""
-        return cls(**cls._env_settings(base_url), timeout=timeout)
-
     def request_token(
         self,
         user_id: str,
@@ -846,11 +843,6 @@ class AsyncClient(_ClientBase):
         self._http = httpx.AsyncClient(base_url=self._base_url, timeout=self._timeout, headers=self._default_headers())
         self.video = AsyncVideo(self)
         """Calls: ``client.video.call(type, id)``, ``await client.video.query_calls(...)``."""
-
-    @classmethod
-    def from_env(cls, base_url: str | None = None, timeout: float = 10.0) -> AsyncClient:
-        """A client configured from ``HIBIKI_API_KEY``, ``HIBIKI_API_SECRET`` and ``HIBIKI_BASE_URL``."""
-        return cls(**cls._env_settings(base_url), timeout=timeout)
 
     async def request_token(
         self,

@@ -463,8 +463,16 @@ class CallConnection:
                 self._pending_tracks.pop(participant.connection_id, None)
                 self._queue.put(CallEvent(participant_left=participant))
         elif event_type == "call.ended":
-            self._queue.put(CallEvent(call_ended=CallEnded(
-                call_cid=str(msg.get("call_cid") or self.call_cid), ended_at=_parse_time(msg.get("ended_at")))))
+            from pydantic import ValidationError
+
+            from hibiki.api.models import CallEndedNotify
+
+            try:
+                notify = CallEndedNotify.model_validate(msg)
+                ended = CallEnded(call_cid=notify.call_cid, ended_at=notify.ended_at)
+            except ValidationError:  # a server that says less: the call ended all the same
+                ended = CallEnded(call_cid=self.call_cid, ended_at=None)
+            self._queue.put(CallEvent(call_ended=ended))
 
     def _joined(self, participant: Participant | None) -> None:
         if participant is None or participant.connection_id == self.connection.connection_id:
@@ -552,17 +560,6 @@ class CallConnection:
                 if task is not None and not task.done():
                     task.cancel()
             self._pumps.clear()
-
-
-def _parse_time(value: Any) -> datetime | None:
-    if isinstance(value, datetime):
-        return value
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return None
-    return None
 
 
 # -- joining ------------------------------------------------------------------------------------

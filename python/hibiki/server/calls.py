@@ -392,15 +392,7 @@ class CallService:
         channel = self._hub.registry.get(cid)
         if channel is None:
             return []
-        return [
-            ParticipantResponse(
-                user_id=m.client_id,
-                connection_id=m.connection_id,
-                role=m.role,
-                joined_at=_from_us(m.created_time_us),
-            )
-            for m in channel.members_oldest_first()
-        ]
+        return [m.participant() for m in channel.members_oldest_first()]
 
     def _response(self, record: CallRecord) -> CallResponse:
         return CallResponse(

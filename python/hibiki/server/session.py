@@ -138,8 +138,9 @@ class SignalingSession:
         self._dc_closing = False
         self._reoffer_outstanding = False
         self._ended = asyncio.Event()
-        self.last_stats: list[Any] | None = None
-        """The client's latest W3C stats report (a ``pong``'s ``stats`` or a ``stats`` message's ``reports``)."""
+        self.last_stats: list[dict[str, Any]] | None = None
+        """The client's latest W3C stats report (a ``pong``'s ``stats`` or a ``stats`` message's ``reports``),
+        as :meth:`record_stats` cleaned it (its only writer)."""
         self.last_stats_at: datetime | None = None
         """When :attr:`last_stats` arrived (UTC); None until the client sent a report."""
         self._stats_paths_logged: set[str] = set()

@@ -44,7 +44,7 @@ from hibiki.server.hub import Hub
 from hibiki.server.rest.deps import CallIdParam, CallTypeParam, get_hub
 from hibiki.server.rest.errors import PROBLEM_MEDIA_TYPE, PROBLEM_RESPONSES, ApiProblem
 from hibiki.server.rest.security import ServerAuth
-from hibiki.server.session import SignalingSession, sanitize_stats
+from hibiki.server.session import SignalingSession
 
 __all__ = ["router"]
 
@@ -230,9 +230,7 @@ async def get_connection_stats(
     session = member.handle
     if not isinstance(session, SignalingSession) or session.last_stats is None:
         return ConnectionStatsResponse(connection_id=member.connection_id, collected_at=None, reports=[])
-    # Sanitised again: a report that reached last_stats by another path must
-    # not make this answer fail to serialise (NaN) or fail validation (non-objects).
-    reports = [sanitize_stats(entry) for entry in session.last_stats if isinstance(entry, dict)]
+    # record_stats, the only writer of last_stats, already made the entries safe to serialise.
     return ConnectionStatsResponse(
-        connection_id=member.connection_id, collected_at=session.last_stats_at, reports=reports
+        connection_id=member.connection_id, collected_at=session.last_stats_at, reports=session.last_stats
     )
