@@ -17,6 +17,8 @@ pub enum EventKind {
     ChannelOpen,
     ChannelData,
     ChannelClose,
+    /// SFU: a subscription moved to another simulcast layer.
+    LayerSwitched,
 }
 
 impl EventKind {
@@ -34,6 +36,7 @@ impl EventKind {
             EventKind::ChannelOpen => "channel_open",
             EventKind::ChannelData => "channel_data",
             EventKind::ChannelClose => "channel_close",
+            EventKind::LayerSwitched => "layer_switched",
         }
     }
 }
@@ -60,6 +63,10 @@ pub struct EngineEvent {
     pub label: Option<String>,
     /// What the RTP layer knew about a received frame (`frame` events).
     pub frame: Option<FrameMeta>,
+    /// Simulcast layer: the one now forwarded (`layer_switched`), or the
+    /// one asked for (`keyframe_request` on the client).
+    pub rid: Option<String>,
+    pub previous_rid: Option<String>,
 }
 
 /// RTP-level facts about a received frame, for encoded-frame transforms
@@ -102,6 +109,8 @@ impl EngineEvent {
             reason: None,
             label: None,
             frame: None,
+            rid: None,
+            previous_rid: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 pub mod client;
 pub mod demux;
 pub mod event;
+pub mod keyframe;
 pub mod peer;
 pub mod queue;
 pub mod rewrite;

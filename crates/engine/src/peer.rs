@@ -23,10 +23,11 @@ use str0m::format::{Codec, CodecConfig, CodecExtra, PayloadParams};
 use crate::event::FrameMeta;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::media::Simulcast;
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
 
-pub use str0m::media::Mid;
+pub use str0m::media::{Mid, Rid};
 pub use str0m::net::DatagramSend as Datagram;
 
 /// Audio or video.
@@ -61,8 +62,10 @@ impl Kind {
 /// One change in a local offer.
 #[derive(Debug, Clone)]
 pub enum OfferChange {
-    /// An m-line on which we receive the remote's upstream track.
-    AddRecv(Kind),
+    /// An m-line on which we receive the remote's upstream track; with
+    /// `rids`, as simulcast layers (`a=rid:<rid> recv`, `a=simulcast:recv`),
+    /// lowest quality first.
+    AddRecv { kind: Kind, rids: Vec<String> },
     /// An m-line on which we send a forwarded track, with its msid.
     AddSend {
         kind: Kind,
@@ -158,6 +161,8 @@ impl OpusFmtp {
 #[derive(Debug, Clone)]
 pub struct RtpIn {
     pub mid: Mid,
+    /// The simulcast layer (RID) the packet belongs to, if the m-line has layers.
+    pub rid: Option<Rid>,
     pub pt: u8,
     /// Extended (64-bit) sequence number.
     pub seq: u64,
@@ -192,8 +197,9 @@ pub enum PeerEvent {
     Disconnected(&'static str),
     Rtp(RtpIn),
     Frame(FrameIn),
-    /// The remote asks for a keyframe on one of our sending m-lines.
-    KeyframeRequest(Mid),
+    /// The remote asks for a keyframe on one of our sending m-lines (and
+    /// simulcast layer, when we send several).
+    KeyframeRequest(Mid, Option<Rid>),
     /// Send-side bandwidth estimate, bits per second.
     Bitrate(u64),
     /// A data channel is open (ours or the remote's).
@@ -384,8 +390,21 @@ impl Peer {
         let mut mids = Vec::with_capacity(changes.len());
         for change in changes {
             mids.push(match change {
-                OfferChange::AddRecv(kind) => {
-                    Some(api.add_media(kind.to_str0m(), Direction::RecvOnly, None, None, None))
+                OfferChange::AddRecv { kind, rids } => {
+                    let simulcast = (!rids.is_empty()).then(|| {
+                        let mut s = Simulcast::new();
+                        for rid in rids {
+                            s.add_recv_layer(str0m::media::SimulcastLayer::new(rid));
+                        }
+                        s
+                    });
+                    Some(api.add_media(
+                        kind.to_str0m(),
+                        Direction::RecvOnly,
+                        None,
+                        None,
+                        simulcast,
+                    ))
                 }
                 OfferChange::AddSend {
                     kind,
@@ -541,15 +560,19 @@ impl Peer {
             }
             Event::Closed => Some(PeerEvent::Disconnected("closed by the remote peer")),
             Event::RtpPacket(p) => {
-                // Senders stop sending the MID extension once an RTCP
-                // receiver report acknowledged their SSRC; str0m knows the
-                // mapping from the receive stream.
-                let mid = match p.header.ext_vals.mid {
-                    Some(m) => m,
-                    None => self.rtc.direct_api().stream_rx(&p.header.ssrc)?.mid(),
+                // Senders stop sending the MID and RID extensions once an
+                // RTCP receiver report acknowledged their SSRC; str0m knows
+                // the mapping from the receive stream.
+                let (mid, rid) = match (p.header.ext_vals.mid, p.header.ext_vals.rid) {
+                    (Some(m), Some(r)) => (m, Some(r)),
+                    (ext_mid, _) => match self.rtc.direct_api().stream_rx(&p.header.ssrc) {
+                        Some(rx) => (rx.mid(), rx.rid()),
+                        None => (ext_mid?, None),
+                    },
                 };
                 Some(PeerEvent::Rtp(RtpIn {
                     mid,
+                    rid,
                     pt: *p.header.payload_type,
                     seq: *p.seq_no,
                     time: p.time.numer(),
@@ -582,7 +605,7 @@ impl Peer {
                     meta,
                 }))
             }
-            Event::KeyframeRequest(r) => Some(PeerEvent::KeyframeRequest(r.mid)),
+            Event::KeyframeRequest(r) => Some(PeerEvent::KeyframeRequest(r.mid, r.rid)),
             Event::SenderFeedback(f) => Some(PeerEvent::SenderReport {
                 mid: f.mid,
                 ntp: f.sender_info.ntp_time,
@@ -654,6 +677,25 @@ impl Peer {
             .set_bitrate(str0m::bwe::Bitrate::ZERO, str0m::bwe::Bitrate::bps(bps));
     }
 
+    /// Frame mode: the simulcast layers (RIDs) the remote asked us to send
+    /// on `mid`, in SDP order; empty without simulcast.
+    pub fn send_rids(&self, mid: Mid) -> Vec<String> {
+        match self.rtc.media(mid).map(|m| m.rids_tx()) {
+            Some(str0m::media::Rids::Specific(rids)) => rids.iter().map(|r| r.to_string()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The codec (signaling name) of payload type `pt`, if negotiated.
+    pub fn codec_of_pt(&self, pt: u8) -> Option<&'static str> {
+        self.rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| *p.pt() == pt)
+            .map(|p| codec_name(p.spec().codec))
+    }
+
     /// Frame mode: the payload type and SSRC our frames of `codec` go out
     /// with on `mid` (for encoded-frame transforms' metadata).
     pub fn send_info(&mut self, mid: Mid, codec: &str) -> Result<(u8, u32), String> {
@@ -689,6 +731,7 @@ impl Peer {
         audio_level: Option<(i8, bool)>,
         payload: Arc<[u8]>,
         nackable: bool,
+        vp8: Option<Vp8Rewrite>,
     ) -> bool {
         let mut api = self.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
@@ -699,19 +742,23 @@ impl Peer {
             ext.audio_level = Some(level);
             ext.voice_activity = Some(voice);
         }
-        tx.write_rtp(
-            RtpWrite::new(pt.into(), SeqNo::from(seq), time, wallclock, payload)
-                .marker(marker)
-                .ext_vals(ext)
-                .nackable(nackable),
-        );
+        let patch = vp8.and_then(|v| v.patch(&payload));
+        let mut write = RtpWrite::new(pt.into(), SeqNo::from(seq), time, wallclock, payload)
+            .marker(marker)
+            .ext_vals(ext)
+            .nackable(nackable);
+        if let Some(patch) = patch {
+            write = write.vp8_patch(patch);
+        }
+        tx.write_rtp(write);
         true
     }
 
-    /// RTP mode: ask the sender of our receiving m-line `mid` for a keyframe.
-    pub fn request_keyframe_rx(&mut self, mid: Mid) -> bool {
+    /// RTP mode: ask the sender of our receiving m-line `mid` (simulcast
+    /// layer `rid`) for a keyframe.
+    pub fn request_keyframe_rx(&mut self, mid: Mid, rid: Option<Rid>) -> bool {
         let mut api = self.rtc.direct_api();
-        match api.stream_rx_by_mid(mid, None) {
+        match api.stream_rx_by_mid(mid, rid) {
             Some(rx) => {
                 rx.request_keyframe(KeyframeRequestKind::Pli);
                 true
@@ -720,20 +767,25 @@ impl Peer {
         }
     }
 
-    /// Frame mode: send one encoded frame on our sending m-line `mid`.
+    /// Frame mode: send one encoded frame on our sending m-line `mid`, as
+    /// simulcast layer `rid` when given.
     pub fn write_frame(
         &mut self,
         mid: Mid,
+        rid: Option<&str>,
         codec: &str,
         rtp_time: u64,
         wallclock: Instant,
         data: &[u8],
     ) -> Result<(), String> {
         let codec = codec_from_name(codec).ok_or_else(|| format!("unknown codec {codec}"))?;
-        let writer = self
+        let mut writer = self
             .rtc
             .writer(mid)
             .ok_or_else(|| format!("no sending m-line {mid}"))?;
+        if let Some(rid) = rid {
+            writer = writer.rid(Rid::from(rid));
+        }
         let params = writer
             .payload_params()
             .find(|p| p.spec().codec == codec)
@@ -785,6 +837,51 @@ impl Peer {
         writer
             .request_keyframe(None, KeyframeRequestKind::Pli)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// What the SFU reads from a VP8 RTP payload descriptor (RFC 7741).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Header {
+    /// PictureID and whether it is the 15-bit form (else 7-bit).
+    pub picture_id: Option<(u16, bool)>,
+    pub tl0_pic_idx: Option<u8>,
+    /// The packet starts a keyframe.
+    pub keyframe: bool,
+}
+
+/// Parse a VP8 payload descriptor; None when malformed.
+pub fn vp8_header(payload: &[u8]) -> Option<Vp8Header> {
+    let d = Vp8Descriptor::parse(payload).ok()?;
+    // str0m keeps the width to itself; the M bit of the first PictureID
+    // byte (after the required and extension bytes) says it.
+    let wide = payload.get(2).is_some_and(|b| b & 0x80 != 0);
+    Some(Vp8Header {
+        picture_id: d.picture_id().map(|p| (p, wide)),
+        tl0_pic_idx: d.tl0_pic_idx(),
+        keyframe: d.starts_keyframe(payload),
+    })
+}
+
+/// New PictureID / TL0PICIDX values for a forwarded VP8 packet, so that a
+/// subscriber sees one continuous numbering across simulcast switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vp8Rewrite {
+    pub picture_id: Option<u16>,
+    pub tl0_pic_idx: Option<u8>,
+}
+
+impl Vp8Rewrite {
+    fn patch(&self, payload: &[u8]) -> Option<str0m::rtp::Vp8Patch> {
+        let d = Vp8Descriptor::parse(payload).ok()?;
+        let mut b = d.patch();
+        if let (Some(p), Some(_)) = (self.picture_id, d.picture_id()) {
+            b = b.picture_id(p);
+        }
+        if let (Some(t), Some(_)) = (self.tl0_pic_idx, d.tl0_pic_idx()) {
+            b = b.tl0_pic_idx(t);
+        }
+        b.build().ok()
     }
 }
 

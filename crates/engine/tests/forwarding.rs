@@ -18,6 +18,7 @@ struct Rig {
     /// connection_id -> client handle
     handles: HashMap<String, u64>,
     client_events: Vec<EngineEvent>,
+    sfu_events: Vec<EngineEvent>,
 }
 
 impl Rig {
@@ -27,23 +28,29 @@ impl Rig {
             client: ClientEngine::start().unwrap(),
             handles: HashMap::new(),
             client_events: Vec::new(),
+            sfu_events: Vec::new(),
         }
     }
 
     fn join(&mut self, id: &str, send: bool, recv: bool) -> (u64, Option<String>, Option<String>) {
-        let created = self
-            .sfu
-            .create_connection(ConnectionSpec {
-                channel_id: "room".into(),
-                connection_id: id.into(),
-                send_audio: send,
-                send_video: send,
-                recv,
-                video_codec: "VP8".into(),
-                opus: Default::default(),
-                data_channels: Vec::new(),
-            })
-            .unwrap();
+        self.join_spec(ConnectionSpec {
+            channel_id: "room".into(),
+            connection_id: id.into(),
+            send_audio: send,
+            send_video: send,
+            recv,
+            video_codec: "VP8".into(),
+            opus: Default::default(),
+            data_channels: Vec::new(),
+            simulcast_rids: Vec::new(),
+            layer_request: Some(2),
+        })
+    }
+
+    fn join_spec(&mut self, spec: ConnectionSpec) -> (u64, Option<String>, Option<String>) {
+        let id = spec.connection_id.clone();
+        let created = self.sfu.create_connection(spec).unwrap();
+        let id = id.as_str();
         let (h, answer) = self.client.connect(&created.sdp).unwrap();
         self.sfu.accept_answer(id, &answer).unwrap();
         self.handles.insert(id.to_string(), h);
@@ -63,6 +70,7 @@ impl Rig {
                         .unwrap();
                     self.sfu.accept_answer(&e.connection, &answer).unwrap();
                 }
+                self.sfu_events.push(e);
             }
             self.client_events
                 .extend(self.client.events().wait(Duration::from_millis(5), 256));
@@ -107,10 +115,11 @@ fn forwards_audio_and_video_content_intact() {
     let ok = rig.pump_until(Duration::from_secs(10), |rig| {
         let v = video_frame(n);
         rig.client
-            .write_frame(pub_h, &vmid, "VP8", &v, n as u64 * 3000, None);
+            .write_frame(pub_h, &vmid, None, "VP8", &v, n as u64 * 3000, None);
         rig.client.write_frame(
             pub_h,
             &amid,
+            None,
             "OPUS",
             &[0x78, n as u8, 1, 2, 3],
             n as u64 * 960,
@@ -209,7 +218,7 @@ fn audio_keeps_flowing_after_senders_drop_the_mid_extension() {
     let ok = rig.pump_until(Duration::from_secs(20), |rig| {
         if Instant::now() >= next {
             rig.client
-                .write_frame(pub_h, &amid, "OPUS", &[0x78, n as u8, 1, 2], n * 960, None);
+                .write_frame(pub_h, &amid, None, "OPUS", &[0x78, n as u8, 1, 2], n * 960, None);
             n += 1;
             next += Duration::from_millis(20);
         }
@@ -238,6 +247,8 @@ fn offer_lists_the_requested_video_codec_first() {
                 video_codec: codec.into(),
                 opus: Default::default(),
                 data_channels: Vec::new(),
+                simulcast_rids: Vec::new(),
+                layer_request: Some(2),
             })
             .unwrap();
         let sdp = created.sdp;
@@ -270,6 +281,8 @@ fn opus_params_reach_the_offer_fmtp() {
                 video_codec: "VP8".into(),
                 opus,
                 data_channels: Vec::new(),
+                simulcast_rids: Vec::new(),
+                layer_request: Some(2),
             })
             .unwrap()
             .sdp;
@@ -343,6 +356,8 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
                 video_codec: "VP8".into(),
                 opus: Default::default(),
                 data_channels: chans,
+                simulcast_rids: Vec::new(),
+                layer_request: Some(2),
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -464,6 +479,8 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
                 video_codec: "VP8".into(),
                 opus: Default::default(),
                 data_channels: vec![spec],
+                simulcast_rids: Vec::new(),
+                layer_request: Some(2),
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -506,4 +523,127 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
         b"SSSSSSSSSSSSSSSSSSSSSSSSSShello zip".to_vec()
     );
     assert_eq!(got(handles[2]), vec![b"hello zip".to_vec()]);
+}
+
+/// A VP8 frame of simulcast layer `layer`: a keyframe or not, its body
+/// saying which layer and frame it is.
+fn layer_frame(layer: u8, n: u32, keyframe: bool) -> Vec<u8> {
+    let mut v = vec![if keyframe { 0x10u8 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+    v.extend((0..(600 * (layer as u32 + 1))).map(|i| (i % 251) as u8));
+    v.push(layer);
+    v.extend_from_slice(&n.to_be_bytes());
+    v
+}
+
+/// (layer, frame number, keyframe) of a received `layer_frame`.
+fn parse_layer_frame(data: &[u8]) -> (u8, u32, bool) {
+    let n = u32::from_be_bytes(data[data.len() - 4..].try_into().unwrap());
+    (data[data.len() - 5], n, data[0] & 1 == 0)
+}
+
+#[test]
+fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
+    let mut rig = Rig::new();
+    let rids: Vec<String> = ["r0", "r1", "r2"].iter().map(|s| s.to_string()).collect();
+    let (pub_h, _, vmid) = rig.join_spec(ConnectionSpec {
+        channel_id: "room".into(),
+        connection_id: "PUB".into(),
+        send_audio: false,
+        send_video: true,
+        recv: false,
+        video_codec: "VP8".into(),
+        opus: Default::default(),
+        data_channels: Vec::new(),
+        simulcast_rids: rids.clone(),
+        layer_request: Some(2),
+    });
+    let vmid = vmid.unwrap();
+    let (sub_h, _, _) = rig.join_spec(ConnectionSpec {
+        channel_id: "room".into(),
+        connection_id: "SUB".into(),
+        send_audio: false,
+        send_video: false,
+        recv: true,
+        video_codec: "VP8".into(),
+        opus: Default::default(),
+        data_channels: Vec::new(),
+        simulcast_rids: Vec::new(),
+        layer_request: Some(0),
+    });
+    assert_eq!(rig.client.send_rids(pub_h, &vmid).unwrap(), rids, "the answer sends r0, r1, r2");
+
+    let mut n = 0u32;
+    let paused_top = std::cell::Cell::new(false);
+    let mut next = Instant::now();
+    let mut send = |rig: &mut Rig| {
+        if Instant::now() < next {
+            return;
+        }
+        next += Duration::from_millis(33);
+        for (l, rid) in ["r0", "r1", "r2"].iter().enumerate() {
+            if l == 2 && paused_top.get() {
+                continue;
+            }
+            // Keyframes every 15 frames, at a different phase per layer, so
+            // a switch has to wait for the target's own.
+            let key = n < 1 || n % 15 == 5 * l as u32;
+            let data = layer_frame(l as u8, n, key);
+            rig.client
+                .write_frame(pub_h, &vmid, Some(rid), "VP8", &data, n as u64 * 3000, None);
+        }
+        n += 1;
+    };
+    let layers = |rig: &Rig| -> Vec<(u8, u32, bool)> {
+        rig.frames_for(sub_h, "video")
+            .iter()
+            .map(|f| parse_layer_frame(f.data.as_ref().unwrap()))
+            .collect()
+    };
+
+    let ok = rig.pump_until(Duration::from_secs(10), |rig| {
+        send(rig);
+        layers(rig).len() >= 20
+    });
+    assert!(ok, "r0 subscriber got {} frames", layers(&rig).len());
+    let got = layers(&rig);
+    assert!(got.iter().all(|(l, _, _)| *l == 0), "only r0 forwarded: {got:?}");
+    assert!(got[0].2, "the first frame forwarded is a keyframe");
+
+    rig.sfu.set_layer("SUB", None, Some(2)).unwrap();
+    let ok = rig.pump_until(Duration::from_secs(10), |rig| {
+        send(rig);
+        layers(rig).iter().filter(|(l, _, _)| *l == 2).count() >= 20
+    });
+    assert!(ok, "switched to r2: {:?}", layers(&rig));
+    let got = layers(&rig);
+    let first_top = got.iter().position(|(l, _, _)| *l == 2).unwrap();
+    assert!(got[first_top].2, "the switch happens on an r2 keyframe");
+    assert!(got[..first_top].iter().all(|(l, _, _)| *l == 0));
+    assert!(got[first_top..].iter().all(|(l, _, _)| *l == 2), "one switch, no flapping");
+    // One continuous stream: frames in capture order (the old layer's
+    // picture of the switch instant may precede the new layer's keyframe
+    // of the same instant) and every frame whole.
+    assert!(got.windows(2).all(|w| w[1].1 >= w[0].1), "frames in order: {got:?}");
+    assert!(rig
+        .frames_for(sub_h, "video")
+        .iter()
+        .all(|f| f.contiguous == Some(true)));
+    let switched: Vec<_> = rig
+        .sfu_events
+        .iter()
+        .filter(|e| e.kind == EventKind::LayerSwitched)
+        .collect();
+    assert!(switched
+        .iter()
+        .any(|e| e.rid.as_deref() == Some("r2") && e.previous_rid.as_deref() == Some("r0")
+            && e.stream_id.as_deref() == Some("PUB") && &*e.connection == "SUB"));
+
+    // The publisher stops r2: the subscriber falls back to r1.
+    paused_top.set(true);
+    let before = layers(&rig).len();
+    let ok = rig.pump_until(Duration::from_secs(10), |rig| {
+        send(rig);
+        layers(rig)[before..].iter().filter(|(l, _, _)| *l == 1).count() >= 10
+    });
+    assert!(ok, "fell back to r1: {:?}", &layers(&rig)[before..]);
 }

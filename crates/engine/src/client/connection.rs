@@ -173,9 +173,10 @@ impl ClientConnection {
                 ev.frame = Some(f.meta);
                 events.send(ev);
             }
-            PeerEvent::KeyframeRequest(mid) => {
+            PeerEvent::KeyframeRequest(mid, rid) => {
                 let mut ev = EngineEvent::new(EventKind::KeyframeRequest, name);
                 ev.mid = Some(mid.to_string());
+                ev.rid = rid.map(|r| r.to_string());
                 events.send(ev);
             }
             PeerEvent::Bitrate(bps) => {

@@ -35,6 +35,7 @@ enum Command {
     WriteFrame {
         handle: u64,
         mid: String,
+        rid: Option<String>,
         codec: String,
         data: Vec<u8>,
         rtp_time: u64,
@@ -42,6 +43,7 @@ enum Command {
     },
     RequestKeyframe(u64, String),
     SendInfo(u64, String, String, Reply<(u8, u32)>),
+    SendRids(u64, String, Reply<Vec<String>>),
     DesiredBitrate(u64, u64),
     SendData(u64, String, Vec<u8>, Reply<bool>),
     CloseChannels(u64),
@@ -120,13 +122,16 @@ impl ClientEngine {
     }
 
     /// Queue a frame; false when the connection is not up (yet or anymore).
-    /// `capture_age` is how long ago the frame was captured: the RTCP sender
-    /// reports then map its RTP time to the capture instant, which is what
-    /// receivers align audio and video by.
+    /// `rid` names the simulcast layer it belongs to, if the m-line has
+    /// several. `capture_age` is how long ago the frame was captured: the
+    /// RTCP sender reports then map its RTP time to the capture instant,
+    /// which is what receivers align audio and video by.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_frame(
         &self,
         handle: u64,
         mid: &str,
+        rid: Option<&str>,
         codec: &str,
         data: &[u8],
         rtp_time: u64,
@@ -143,6 +148,7 @@ impl ClientEngine {
         self.commands.send(Command::WriteFrame {
             handle,
             mid: mid.to_string(),
+            rid: rid.map(str::to_string),
             codec: codec.to_string(),
             data: data.to_vec(),
             rtp_time,
@@ -161,6 +167,12 @@ impl ClientEngine {
     /// The (payload type, SSRC) that frames of `codec` go out with on `mid`.
     pub fn send_info(&self, handle: u64, mid: &str, codec: &str) -> Result<(u8, u32), String> {
         self.call(|r| Command::SendInfo(handle, mid.to_string(), codec.to_string(), r))
+    }
+
+    /// The simulcast layers (RIDs) the server asked for on our sending
+    /// m-line `mid`, lowest quality first; empty without simulcast.
+    pub fn send_rids(&self, handle: u64, mid: &str) -> Result<Vec<String>, String> {
+        self.call(|r| Command::SendRids(handle, mid.to_string(), r))
     }
 
     /// Send a message on the data channel `label` (opened by the server).
@@ -345,16 +357,21 @@ impl Worker {
             Command::WriteFrame {
                 handle,
                 mid,
+                rid,
                 codec,
                 data,
                 rtp_time,
                 at,
             } => {
                 self.with_conn(handle, |c| {
-                    if let Err(e) =
-                        c.peer
-                            .write_frame(mid_from_str(&mid), &codec, rtp_time, at, &data)
-                    {
+                    if let Err(e) = c.peer.write_frame(
+                        mid_from_str(&mid),
+                        rid.as_deref(),
+                        &codec,
+                        rtp_time,
+                        at,
+                        &data,
+                    ) {
                         debug!(handle, error = %e, "frame not written");
                     }
                     Ok(())
@@ -372,6 +389,14 @@ impl Worker {
                 let mut r = Err(format!("unknown connection {handle}"));
                 self.with_conn(handle, |c| {
                     r = c.peer.send_info(mid_from_str(&mid), &codec);
+                    Ok(())
+                });
+                let _ = reply.send(r);
+            }
+            Command::SendRids(handle, mid, reply) => {
+                let mut r = Err(format!("unknown connection {handle}"));
+                self.with_conn(handle, |c| {
+                    r = Ok(c.peer.send_rids(mid_from_str(&mid)));
                     Ok(())
                 });
                 let _ = reply.send(r);

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::clock::ClockBase;
+use super::simulcast::{Layer, Selection, Vp8Numbering};
 use super::track::TrackKey;
 use super::DataChannelSpec;
 use crate::peer::{Kind, Mid, Peer};
@@ -17,6 +18,10 @@ pub struct Subscription {
     /// False until the subscriber's answer for this m-line arrived.
     pub active: bool,
     pub rewriter: Rewriter,
+    /// Which layer of a simulcast track goes to this subscriber (unused for
+    /// single-stream tracks).
+    pub selection: Selection,
+    pub vp8: Vp8Numbering,
 }
 
 pub struct Connection {
@@ -39,6 +44,12 @@ pub struct Connection {
     pub data_channels: Vec<DataChannelSpec>,
     /// Maps this publisher's capture clock onto ours (its first sender report).
     pub clock: Option<ClockBase>,
+    /// The client publishes its video as simulcast layers with these RIDs.
+    pub simulcast_rids: Vec<String>,
+    /// The simulcast layer this subscriber wants from every sender (None:
+    /// no video), and per sender where it asked otherwise.
+    pub layer_request: Option<Layer>,
+    pub layer_overrides: HashMap<u64, Option<Layer>>,
 }
 
 impl Connection {
@@ -61,20 +72,31 @@ impl Connection {
     pub fn data_channel(&self, label: &str) -> Option<&DataChannelSpec> {
         self.data_channels.iter().find(|d| d.channel.label == label)
     }
+
+    /// The layer this subscriber wants from `publisher`'s simulcast tracks.
+    pub fn layer_for(&self, publisher: u64) -> Option<Layer> {
+        self.layer_overrides
+            .get(&publisher)
+            .copied()
+            .unwrap_or(self.layer_request)
+    }
+
+    /// A new subscription of this connection to `track`.
+    pub fn subscription(&self, track: TrackKey, kind: Kind) -> Subscription {
+        Subscription {
+            track,
+            kind,
+            active: false,
+            rewriter: Rewriter::new(clock_rate(kind)),
+            selection: Selection::new(self.layer_for(track.0)),
+            vp8: Vp8Numbering::default(),
+        }
+    }
 }
 
 pub fn clock_rate(kind: Kind) -> u32 {
     match kind {
         Kind::Audio => 48_000,
         Kind::Video => 90_000,
-    }
-}
-
-pub fn new_subscription(track: TrackKey, kind: Kind) -> Subscription {
-    Subscription {
-        track,
-        kind,
-        active: false,
-        rewriter: Rewriter::new(clock_rate(kind)),
     }
 }

@@ -7,6 +7,7 @@
 mod clock;
 mod connection;
 mod shard;
+pub mod simulcast;
 mod track;
 
 use std::collections::HashMap;
@@ -42,6 +43,12 @@ pub struct ConnectionSpec {
     pub opus: OpusFmtp,
     /// Data channels the server opens on this connection.
     pub data_channels: Vec<DataChannelSpec>,
+    /// The client publishes video as simulcast layers with these RIDs,
+    /// lowest quality first (empty: one stream).
+    pub simulcast_rids: Vec<String>,
+    /// The simulcast layer (index into the sender's RIDs) this connection
+    /// receives from every simulcast sender; None: no video from them.
+    pub layer_request: Option<simulcast::Layer>,
 }
 
 /// A data channel of a connection and how the SFU treats its messages.
@@ -79,6 +86,7 @@ pub(crate) enum Command {
     RequestKeyframe(String),
     SendData(String, String, Vec<u8>, Reply<bool>),
     CloseChannels(String),
+    SetLayer(String, Option<String>, Option<simulcast::Layer>, Reply<()>),
     Close(String),
     Stop,
 }
@@ -207,6 +215,27 @@ impl Sfu {
                 connection_id.to_string(),
                 label.to_string(),
                 data.to_vec(),
+                r,
+            )
+        })
+    }
+
+    /// Choose the simulcast layer `connection_id` receives from `sender`
+    /// (None: from every sender, now and later); `layer` None stops video
+    /// from them. The switch happens at the layer's next keyframe, which is
+    /// requested.
+    pub fn set_layer(
+        &self,
+        connection_id: &str,
+        sender: Option<&str>,
+        layer: Option<simulcast::Layer>,
+    ) -> Result<(), String> {
+        let shard = self.shard_of(connection_id)?;
+        Self::call(shard, |r| {
+            Command::SetLayer(
+                connection_id.to_string(),
+                sender.map(str::to_string),
+                layer,
                 r,
             )
         })

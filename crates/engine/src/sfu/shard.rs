@@ -22,13 +22,15 @@ use mio::{Events, Interest, Poll, Token};
 use tracing::{debug, info, warn};
 
 use super::clock::{ClockBase, SenderReport};
-use super::connection::{new_subscription, Connection};
+use super::connection::Connection;
+use super::simulcast::{availability, Layer};
 use super::track::{Track, TrackKey};
 use super::{next_id, Command, ConnectionSpec, Created};
 use crate::demux::Demux;
 use crate::event::{EngineEvent, EventKind};
+use crate::keyframe::starts_keyframe;
 use crate::peer::{
-    random_token, ChannelSpec, Kind, Mid, OfferChange, Output, Peer, PeerEvent, Role,
+    random_token, vp8_header, ChannelSpec, Kind, Mid, OfferChange, Output, Peer, PeerEvent, Role,
 };
 use crate::queue::EventSender;
 use crate::timer::TimerHeap;
@@ -281,17 +283,49 @@ impl Shard {
         self.scratch = out;
     }
 
-    /// Forward one packet of `publisher` to every active subscription.
+    /// Forward one packet of `publisher` to every active subscription; for
+    /// a simulcast track, to those whose selected layer it belongs to.
     fn forward(&mut self, publisher: u64, pkt: crate::peer::RtpIn) {
         let key = (publisher, pkt.mid);
-        let Some(track) = self.tracks.get(&key) else {
+        let now = Instant::now();
+        let Some(track) = self.tracks.get_mut(&key) else {
             return;
         };
+        let Ok(layer) = track.layer_of(pkt.rid) else {
+            return; // a RID we did not offer
+        };
+        // Only simulcast switching needs to look into payloads.
+        let mut keyframe = false;
+        let mut vp8 = None;
+        if let Some(l) = layer {
+            track.layers[l as usize].saw_packet(now);
+            let codec = match track.codec {
+                Some((pt, c)) if pt == pkt.pt => Some(c),
+                _ => {
+                    let c = self
+                        .conns
+                        .get(&publisher)
+                        .and_then(|c| c.peer.codec_of_pt(pkt.pt));
+                    track.codec = c.map(|c| (pkt.pt, c));
+                    c
+                }
+            };
+            if let Some(codec) = codec {
+                keyframe = starts_keyframe(codec, &pkt.payload);
+                if codec == "VP8" {
+                    vp8 = vp8_header(&pkt.payload);
+                }
+            }
+        }
+        let live = availability(&track.layers, now);
+        let track = &*track;
         let nackable = track.kind == Kind::Video;
-        let now = Instant::now();
         // The publisher's capture instant, so that our sender reports keep
         // its audio and video in sync (see clock.rs).
         let wallclock = track.capture_instant(pkt.time as u32, pkt.received);
+        // Sequence numbers and timestamps restart per layer (stream).
+        let source = publisher * 4 + layer.unwrap_or(0) as u64;
+        let mut wanted_keyframes: Vec<Layer> = Vec::new();
         let mut out = std::mem::take(&mut self.scratch);
         for &(sub_id, sub_mid) in &track.subscribers {
             let Some(conn) = self.conns.get_mut(&sub_id) else {
@@ -306,7 +340,29 @@ impl Shard {
             if !sub.active {
                 continue;
             }
-            let (seq, ts) = sub.rewriter.rewrite(publisher, pkt.seq, pkt.time, now);
+            let mut rewrite = None;
+            if let Some(l) = layer {
+                let d = sub.selection.on_packet(l, keyframe, live);
+                if let Some(k) = d.want_keyframe {
+                    if !wanted_keyframes.contains(&k) {
+                        wanted_keyframes.push(k);
+                    }
+                }
+                if let Some((previous, new)) = d.switched {
+                    let mut ev = EngineEvent::new(EventKind::LayerSwitched, conn.name.clone());
+                    ev.mid = Some(sub_mid.to_string());
+                    ev.stream_id = Some(track.publisher_name.to_string());
+                    ev.rid = track.rid(new).map(|r| r.to_string());
+                    ev.previous_rid = previous.and_then(|p| track.rid(p)).map(|r| r.to_string());
+                    self.events.send(ev);
+                    debug!(conn = %conn.name, publisher = %track.publisher_name, layer = new, "simulcast layer switched");
+                }
+                if !d.forward {
+                    continue;
+                }
+                rewrite = vp8.map(|h| sub.vp8.rewrite(l, &h));
+            }
+            let (seq, ts) = sub.rewriter.rewrite(source, pkt.seq, pkt.time, now);
             let socket = &self.socket;
             let timers = &mut self.timers;
             let counters = &*self.counters;
@@ -324,6 +380,7 @@ impl Shard {
                     pkt.audio_level,
                     payload,
                     nackable,
+                    rewrite,
                 ) {
                     counters.forwarded_packets.fetch_add(1, Ordering::Relaxed);
                 }
@@ -345,6 +402,9 @@ impl Shard {
             }
         }
         self.scratch = out;
+        for l in wanted_keyframes {
+            self.request_layer_keyframe(key, l);
+        }
     }
 
     fn handle_deferred(&mut self) {
@@ -386,14 +446,21 @@ impl Shard {
                     self.dying.push(id);
                 }
             }
-            PeerEvent::KeyframeRequest(mid) => {
-                let track = self
+            PeerEvent::KeyframeRequest(mid, _) => {
+                let sub = self
                     .conns
                     .get(&id)
                     .and_then(|c| c.subscriptions.get(&mid))
-                    .map(|s| s.track);
-                if let Some(t) = track {
-                    self.request_keyframe(t, false);
+                    .map(|s| (s.track, s.selection.current()));
+                let simulcast = sub
+                    .and_then(|(t, _)| self.tracks.get(&t))
+                    .is_some_and(|t| t.is_simulcast());
+                match sub {
+                    // A simulcast subscriber needs a keyframe of its layer only.
+                    Some((t, Some(layer))) if simulcast => self.request_layer_keyframe(t, layer),
+                    Some((_, None)) if simulcast => {} // its first keyframe is on its way
+                    Some((t, _)) => self.request_keyframe(t, false),
+                    None => {}
                 }
             }
             PeerEvent::Rtp(pkt) => self.forward(id, pkt),
@@ -536,7 +603,8 @@ impl Shard {
         }
     }
 
-    /// Ask a track's publisher for a keyframe (throttled unless `force`).
+    /// Ask a track's publisher for a keyframe (throttled unless `force`);
+    /// for a simulcast track, of every layer.
     fn request_keyframe(&mut self, key: TrackKey, force: bool) {
         let now = Instant::now();
         let Some(track) = self.tracks.get_mut(&key) else {
@@ -548,11 +616,71 @@ impl Shard {
         if !track.allow_keyframe_request(now) && !force {
             return;
         }
+        let rids: Vec<_> = if track.is_simulcast() {
+            track.rids.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
         let (publisher, mid) = key;
         self.with_peer(publisher, |peer| {
-            peer.request_keyframe_rx(mid);
+            for rid in rids {
+                peer.request_keyframe_rx(mid, rid);
+            }
             Ok(())
         });
+    }
+
+    /// Ask for a keyframe of one simulcast layer (throttled per layer).
+    fn request_layer_keyframe(&mut self, key: TrackKey, layer: Layer) {
+        let now = Instant::now();
+        let Some(track) = self.tracks.get_mut(&key) else {
+            return;
+        };
+        let Some(rid) = track.rid(layer) else {
+            return;
+        };
+        if !track.layers[layer as usize].allow_keyframe_request(now) {
+            return;
+        }
+        let (publisher, mid) = key;
+        self.with_peer(publisher, |peer| {
+            peer.request_keyframe_rx(mid, Some(rid));
+            Ok(())
+        });
+    }
+
+    /// A subscriber's simulcast layer request, for one sender or (None)
+    /// every sender.
+    fn set_layer(&mut self, name: &str, sender: Option<&str>, layer: Option<Layer>) -> Result<(), String> {
+        let id = *self
+            .by_name
+            .get(name)
+            .ok_or_else(|| format!("unknown connection {name}"))?;
+        let sender = match sender {
+            Some(s) => Some(
+                *self
+                    .by_name
+                    .get(s)
+                    .ok_or_else(|| format!("unknown sender connection {s}"))?,
+            ),
+            None => None,
+        };
+        let conn = self.conns.get_mut(&id).expect("by_name is in step with conns");
+        match sender {
+            Some(p) => {
+                conn.layer_overrides.insert(p, layer);
+            }
+            None => {
+                conn.layer_request = layer;
+                conn.layer_overrides.clear();
+            }
+        }
+        for sub in conn.subscriptions.values_mut() {
+            if sender.is_none_or(|p| p == sub.track.0) {
+                sub.selection.set_request(layer);
+            }
+        }
+        Ok(())
     }
 
     fn command(&mut self, cmd: Command) {
@@ -614,6 +742,10 @@ impl Shard {
                     });
                 }
             }
+            Command::SetLayer(name, sender, layer, reply) => {
+                let r = self.set_layer(&name, sender.as_deref(), layer);
+                let _ = reply.send(r);
+            }
             Command::Close(name) => {
                 if let Some(id) = self.by_name.get(name.as_str()).copied() {
                     self.remove(id, None);
@@ -648,10 +780,16 @@ impl Shard {
         // first unused transceivers of their kind.
         let mut changes = Vec::new();
         if spec.send_audio {
-            changes.push(OfferChange::AddRecv(Kind::Audio));
+            changes.push(OfferChange::AddRecv {
+                kind: Kind::Audio,
+                rids: Vec::new(),
+            });
         }
         if spec.send_video {
-            changes.push(OfferChange::AddRecv(Kind::Video));
+            changes.push(OfferChange::AddRecv {
+                kind: Kind::Video,
+                rids: spec.simulcast_rids.clone(),
+            });
         }
         let upstream_count = changes.len();
         let mut offered_tracks = Vec::new();
@@ -692,15 +830,19 @@ impl Shard {
             pending_stop: Vec::new(),
             data_channels: spec.data_channels.clone(),
             clock: None,
+            simulcast_rids: spec.simulcast_rids.clone(),
+            layer_request: spec.layer_request,
+            layer_overrides: HashMap::new(),
         };
         for (i, change) in changes.iter().enumerate().take(upstream_count) {
-            if let (OfferChange::AddRecv(kind), Some(mid)) = (change, mids[i]) {
+            if let (OfferChange::AddRecv { kind, .. }, Some(mid)) = (change, mids[i]) {
                 conn.upstream.push((mid, *kind));
             }
         }
         for (j, (key, kind)) in offered_tracks.into_iter().enumerate() {
             if let Some(mid) = mids[upstream_count + j] {
-                conn.subscriptions.insert(mid, new_subscription(key, kind));
+                let sub = conn.subscription(key, kind);
+                conn.subscriptions.insert(mid, sub);
             }
         }
         let created = Created {
@@ -747,6 +889,7 @@ impl Shard {
         }
         let channel = conn.channel.clone();
         let publisher_name = conn.name.clone();
+        let simulcast_rids = conn.simulcast_rids.clone();
         let mut new_tracks = Vec::new();
         if first {
             for (mid, kind) in conn.upstream.clone() {
@@ -778,10 +921,11 @@ impl Shard {
         for (mid, kind) in new_tracks {
             let key = (id, mid);
             let track_id = format!("{}-{}", kind.as_str(), mid);
-            self.tracks.insert(
-                key,
-                Track::new(kind, publisher_name.clone(), track_id.clone()),
-            );
+            let mut track = Track::new(kind, publisher_name.clone(), track_id.clone());
+            if kind == Kind::Video {
+                track = track.with_layers(&simulcast_rids);
+            }
+            self.tracks.insert(key, track);
             let mut ev = EngineEvent::new(EventKind::TrackPublished, publisher_name.clone());
             ev.mid = Some(mid.to_string());
             ev.media = Some(kind.as_str());
@@ -865,7 +1009,8 @@ impl Shard {
             let offset = stops.len();
             for (j, (key, kind)) in added.into_iter().enumerate() {
                 if let Some(mid) = mids[offset + j] {
-                    conn.subscriptions.insert(mid, new_subscription(key, kind));
+                    let sub = conn.subscription(key, kind);
+                    conn.subscriptions.insert(mid, sub);
                 }
             }
             let name = conn.name.clone();

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use super::clock::{ClockBase, SenderReport};
-use crate::peer::{Kind, Mid};
+use super::simulcast::{Layer, LayerStats};
+use crate::peer::{Kind, Mid, Rid};
 
 /// A track is identified by its publisher and the publisher's m-line.
 pub type TrackKey = (u64, Mid);
@@ -22,6 +23,13 @@ pub struct Track {
     /// publisher's clock base (copied here so forwarding needs no lookup).
     pub sender_report: Option<(ClockBase, SenderReport)>,
     last_keyframe_request: Option<Instant>,
+    /// Simulcast: the layers' RIDs, lowest quality first, and what we know
+    /// of each; empty for a single-stream track.
+    pub rids: Vec<Rid>,
+    pub layers: Vec<LayerStats>,
+    /// The codec of the last packet's payload type (learned on the first
+    /// packet and when the payload type changes).
+    pub codec: Option<(u8, &'static str)>,
 }
 
 impl Track {
@@ -33,7 +41,40 @@ impl Track {
             subscribers: Vec::new(),
             sender_report: None,
             last_keyframe_request: None,
+            rids: Vec::new(),
+            layers: Vec::new(),
+            codec: None,
         }
+    }
+
+    /// A simulcast track with these layers, lowest quality first.
+    pub fn with_layers(mut self, rids: &[String]) -> Self {
+        self.rids = rids.iter().map(|r| Rid::from(r.as_str())).collect();
+        self.layers = vec![LayerStats::default(); self.rids.len()];
+        self
+    }
+
+    pub fn is_simulcast(&self) -> bool {
+        !self.rids.is_empty()
+    }
+
+    /// The layer a packet belongs to: None for a single-stream track or a
+    /// packet without RID, Err for a RID the track does not have.
+    pub fn layer_of(&self, rid: Option<Rid>) -> Result<Option<Layer>, ()> {
+        match rid {
+            Some(r) if self.is_simulcast() => self
+                .rids
+                .iter()
+                .position(|x| *x == r)
+                .map(|i| Some(i as Layer))
+                .ok_or(()),
+            _ => Ok(None),
+        }
+    }
+
+    /// The RID of `layer`.
+    pub fn rid(&self, layer: Layer) -> Option<Rid> {
+        self.rids.get(layer as usize).copied()
     }
 
     /// Our instant for the capture of a packet at RTP time `rtp`, or its
