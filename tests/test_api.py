@@ -81,6 +81,10 @@ def test_target_table() -> None:
         "Sora_20201013.ListConnections",
         "Sora_20201013.ListChannelConnections",
         "Sora_20241218.RequestKeyFrame",
+        "Sora_20251217.RequestSimulcastRid",
+        "Sora_20251210.RequestSimulcastRid",
+        "Sora_20201005.RequestRtpStream",
+        "Sora_20201005.ResetRtpStream",
     }
 
 

@@ -119,13 +119,16 @@ def test_payouts() -> None:
             "video": False,
             "audio_bit_rate": 32,
             "connection_lifetime": 30,
-            "simulcast": True,  # known, not supported yet: ignored
+            "simulcast": True,
+            "simulcast_rid": "r1",
+            "spotlight": True,  # known, not supported yet: ignored
             "whatever": 1,  # unknown: ignored
         },
         "webhook",
     )
     req = result.request
     assert (req.client_id, req.video, req.audio_bit_rate) == ("given", False, 32)
+    assert (req.simulcast, req.simulcast_rid, req.spotlight) == (True, "r1", False)
     assert req.signaling_notify_metadata == {"name": "N"}
     assert (result.authz_metadata, result.signaling_notify, result.connection_lifetime) == ({"plan": "pro"}, False, 30)
     for payouts, source, code in [
@@ -133,6 +136,8 @@ def test_payouts() -> None:
         ({"video_codec_type": "MPEG2"}, "webhook", AUTH_UNAVAILABLE),
         ({"connection_lifetime": 0}, "token", AUTH_REJECTED),
         ({"audio": "yes"}, "token", AUTH_REJECTED),
+        ({"simulcast_rid": "r3"}, "webhook", AUTH_UNAVAILABLE),
+        ({"simulcast_encodings": [{"rid": "r0"}]}, "webhook", AUTH_UNAVAILABLE),
     ]:
         with pytest.raises(AuthError) as info:
             apply_payouts(AuthResult(_request()), payouts, source)

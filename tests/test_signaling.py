@@ -64,8 +64,13 @@ def assert_offer_types(offer: dict[str, Any]) -> None:
     assert set(offer["mid"]) <= {"audio", "video"}
     assert all(isinstance(v, str) for v in offer["mid"].values())
     assert offer["multistream"] is True
-    for name in ("simulcast", "spotlight"):
-        assert offer[name] is False, name
+    assert offer["spotlight"] is False
+    assert isinstance(offer["simulcast"], bool)
+    if offer["simulcast"]:
+        # libwebrtc ignores encodings whose rids differ from the SDP's (§8).
+        assert [e["rid"] for e in offer["encodings"]] == ["r0", "r1", "r2"]
+        assert all(isinstance(e["maxBitrate"], int) and e["active"] is True for e in offer["encodings"])
+        assert "a=simulcast:recv r0;r1;r2" in offer["sdp"]
     for name in ("data_channel_signaling", "ignore_disconnect_websocket"):
         assert isinstance(offer[name], bool), name
     for entry in offer.get("data_channels", []):
@@ -197,7 +202,7 @@ def test_client_and_bundle_id_are_echoed(server: ServerProcess) -> None:
 
 
 def test_unsupported_features_are_answered_as_off(server: ServerProcess) -> None:
-    """simulcast/spotlight are not implemented yet: the offer says so; DC signaling is granted."""
+    """spotlight is not implemented yet: the offer says so; simulcast and DC signaling are granted."""
 
     async def go() -> dict[str, Any]:
         ws, offer = await connect_and_get_offer(
@@ -220,7 +225,8 @@ def test_unsupported_features_are_answered_as_off(server: ServerProcess) -> None
 
     offer = run(go())
     assert_offer_types(offer)
-    assert offer["simulcast"] is False and offer["spotlight"] is False
+    assert offer["simulcast"] is True and offer["spotlight"] is False
+    assert [e["scaleResolutionDownBy"] for e in offer["encodings"]] == [4.0, 2.0, 1.0]
     assert offer["data_channel_signaling"] is True and offer["ignore_disconnect_websocket"] is True
     labels = [d["label"] for d in offer["data_channels"]]
     assert labels == ["signaling", "notify", "push", "stats", "rpc", "#chat"], labels

@@ -23,11 +23,12 @@ EventKind = Literal[
     # Sfu only
     "offer",  # renegotiation: send ``sdp`` to the client as a re-offer
     "track_published",  # a connection's upstream track was negotiated
+    "layer_switched",  # a subscription now forwards simulcast layer ``rid`` of ``stream_id``
     # ClientEngine only
     "track_added",  # a remote track (m-line we receive) appeared
     "track_removed",  # a remote track was stopped/removed by the server
     "frame",  # an encoded frame of a remote track
-    "keyframe_request",  # the far end asks for a keyframe on our track ``mid``
+    "keyframe_request",  # the far end asks for a keyframe on our track ``mid`` (layer ``rid``)
     "bitrate",  # send-side bandwidth estimate changed (``bitrate`` bps)
     # both engines: data channels (``label``)
     "channel_open",
@@ -76,6 +77,12 @@ class Event:
     """``frame`` (VP8/VP9): extended picture id from the payload descriptor."""
     temporal_index: int | None
     spatial_index: int | None
+    rid: str | None
+    """``layer_switched``: the simulcast layer now forwarded on the subscriber's
+    ``mid`` (the sender is ``stream_id``). ``keyframe_request``: the layer the
+    keyframe is asked for, when we send simulcast."""
+    previous_rid: str | None
+    """``layer_switched``: the layer forwarded before (None for the first)."""
 
 class DataChannelSpec(TypedDict, total=False):
     """A data channel the server opens on a connection (for ``Sfu.create_connection``)."""
@@ -149,6 +156,8 @@ class Sfu:
         audio_codec: str = "OPUS",
         data_channels: list[DataChannelSpec] | None = None,
         opus_params: OpusParams | None = None,
+        simulcast_rids: list[str] | None = None,
+        simulcast_layer: int | None = 2,
     ) -> CreatedConnection:
         """Create a connection in ``channel_id`` and return the server's offer.
 
@@ -158,6 +167,10 @@ class Sfu:
         then has an application m-line).
         ``opus_params``: Sora's ``audio.opus_params``; stereo, sprop_stereo,
         useinbandfec, usedtx and minptime go into the offer's Opus fmtp.
+        ``simulcast_rids``: the client publishes its video as these simulcast
+        layers, lowest quality first (``a=simulcast:recv`` in the offer).
+        ``simulcast_layer``: the layer (index into a sender's RIDs) this
+        connection receives from simulcast senders; None: no video from them.
         Raises ValueError for a duplicate id, an unknown codec or a bad data channel.
         """
     def accept_answer(self, connection_id: str, sdp: str) -> None:
@@ -165,6 +178,13 @@ class Sfu:
     def add_remote_candidate(self, connection_id: str, candidate: str) -> None: ...
     def request_keyframe(self, connection_id: str) -> None:
         """Ask a publisher for a keyframe on all its video tracks."""
+    def set_simulcast_layer(self, connection_id: str, sender_connection_id: str | None,
+                            layer: int | None) -> None:
+        """Choose the simulcast layer ``connection_id`` receives from ``sender_connection_id``
+        (None: every sender, now and later; clears per-sender choices). ``layer`` None
+        stops their video. The switch happens on the layer's next keyframe (requested);
+        a paused layer falls back to the next lower live one. Raises ValueError for an
+        unknown connection."""
     def send_data(self, connection_id: str, label: str, data: bytes) -> bool:
         """Send a message on an open data channel. False: the send buffer is full.
         Raises ValueError if the channel is not open."""
@@ -196,8 +216,11 @@ class ClientEngine:
         data: bytes,
         rtp_time: int,
         capture_age: float | None = None,
+        rid: str | None = None,
     ) -> bool:
         """Queue an encoded frame for our track ``mid``. False if not sendable yet (not connected).
+
+        ``rid``: the simulcast layer the frame belongs to (see ``send_rids``).
 
         ``capture_age``: seconds since the frame was captured. RTCP sender reports
         then tie its RTP time to the capture instant, so receivers can line up
@@ -208,6 +231,9 @@ class ClientEngine:
     def send_info(self, handle: str, mid: str, codec: str) -> tuple[int, int]:
         """``(payload_type, ssrc)`` that frames of ``codec`` go out with on ``mid``.
         Raises ValueError before the m-line is negotiated."""
+    def send_rids(self, handle: str, mid: str) -> list[str]:
+        """The simulcast layers the server asked for on our sending m-line ``mid``,
+        lowest quality first; empty without simulcast."""
     def request_keyframe(self, handle: str, mid: str) -> None:
         """Send a PLI for the remote track ``mid``."""
     def send_data(self, handle: str, label: str, data: bytes) -> bool:

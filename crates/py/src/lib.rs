@@ -56,6 +56,8 @@ struct Event {
     picture_id: Option<u64>,
     temporal_index: Option<u8>,
     spatial_index: Option<u8>,
+    rid: Option<String>,
+    previous_rid: Option<String>,
 }
 
 #[pymethods]
@@ -99,6 +101,8 @@ fn to_py_events(py: Python<'_>, events: Vec<EngineEvent>) -> PyResult<Vec<Py<Eve
                     picture_id: f.and_then(|f| f.picture_id),
                     temporal_index: f.and_then(|f| f.temporal_index),
                     spatial_index: f.and_then(|f| f.spatial_index),
+                    rid: e.rid,
+                    previous_rid: e.previous_rid,
                 },
             )
         })
@@ -257,7 +261,7 @@ impl Sfu {
         to_py_events(py, events)
     }
 
-    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None, opus_params=None))]
+    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None, opus_params=None, simulcast_rids=None, simulcast_layer=Some(2)))]
     #[allow(clippy::too_many_arguments)]
     fn create_connection(
         &mut self,
@@ -271,6 +275,8 @@ impl Sfu {
         audio_codec: &str,
         data_channels: Option<Vec<Bound<'_, PyDict>>>,
         opus_params: Option<Bound<'_, PyDict>>,
+        simulcast_rids: Option<Vec<String>>,
+        simulcast_layer: Option<u8>,
     ) -> PyResult<CreatedConnection> {
         let opus = opus_params
             .as_ref()
@@ -296,6 +302,8 @@ impl Sfu {
             video_codec: video_codec.to_ascii_uppercase(),
             opus,
             data_channels,
+            simulcast_rids: simulcast_rids.unwrap_or_default(),
+            layer_request: simulcast_layer,
         };
         let sfu = self.get_mut()?;
         let created = py
@@ -328,6 +336,19 @@ impl Sfu {
     fn request_keyframe(&self, connection_id: &str) -> PyResult<()> {
         self.get()?
             .request_keyframe(connection_id)
+            .map_err(value_err)
+    }
+
+    #[pyo3(signature = (connection_id, sender_connection_id, layer))]
+    fn set_simulcast_layer(
+        &self,
+        py: Python<'_>,
+        connection_id: &str,
+        sender_connection_id: Option<&str>,
+        layer: Option<u8>,
+    ) -> PyResult<()> {
+        let sfu = self.get()?;
+        py.detach(|| sfu.set_layer(connection_id, sender_connection_id, layer))
             .map_err(value_err)
     }
 
@@ -439,7 +460,8 @@ impl ClientEngine {
         Ok(())
     }
 
-    #[pyo3(signature = (handle, mid, codec, data, rtp_time, capture_age=None))]
+    #[pyo3(signature = (handle, mid, codec, data, rtp_time, capture_age=None, rid=None))]
+    #[allow(clippy::too_many_arguments)]
     fn write_frame(
         &self,
         handle: &str,
@@ -448,13 +470,14 @@ impl ClientEngine {
         data: &[u8],
         rtp_time: u64,
         capture_age: Option<f64>,
+        rid: Option<&str>,
     ) -> PyResult<bool> {
         let age = capture_age
             .filter(|a| a.is_finite() && *a > 0.0)
             .map(|a| Duration::from_secs_f64(a.min(60.0)));
         Ok(self
             .get()?
-            .write_frame(parse_handle(handle)?, mid, codec, data, rtp_time, age))
+            .write_frame(parse_handle(handle)?, mid, rid, codec, data, rtp_time, age))
     }
 
     fn set_desired_bitrate(&self, handle: &str, bps: u64) -> PyResult<()> {
@@ -473,6 +496,12 @@ impl ClientEngine {
         let engine = self.get()?;
         py.detach(|| engine.send_info(h, mid, codec))
             .map_err(value_err)
+    }
+
+    fn send_rids(&self, py: Python<'_>, handle: &str, mid: &str) -> PyResult<Vec<String>> {
+        let h = parse_handle(handle)?;
+        let engine = self.get()?;
+        py.detach(|| engine.send_rids(h, mid)).map_err(value_err)
     }
 
     fn request_keyframe(&self, handle: &str, mid: &str) -> PyResult<()> {

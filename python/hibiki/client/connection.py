@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import itertools
 import json
 import logging
 import threading
@@ -56,6 +57,8 @@ from collections.abc import (
     Generator,
 )
 from typing import TYPE_CHECKING, Any, Literal
+
+from hibiki.simulcast import RIDS, SimulcastLayer, layers_from_encodings
 
 from . import loop as sdk_loop
 from .datachannel import (
@@ -78,6 +81,7 @@ from .events import (
     SignalingDirection,
     SignalingErrorCode,
     SignalingType,
+    SimulcastSwitched,
     Switched,
     TrackAdded,
     TrackRemoved,
@@ -244,6 +248,9 @@ class Connection:
         disconnect_wait_timeout: float = 5.0,
         audio_frame_transformer: FrameTransformer | None = None,
         video_frame_transformer: FrameTransformer | None = None,
+        simulcast: bool | None = None,
+        simulcast_rid: str | None = None,
+        simulcast_request_rid: str | None = None,
     ) -> None:
         if isinstance(signaling_urls, str):
             signaling_urls = [signaling_urls]
@@ -263,6 +270,10 @@ class Connection:
             raise TypeError(f"video_source must be a VideoSource, got {type(video_source).__name__}")
         if role == "recvonly" and (audio_source is not None or video_source is not None):
             logger.warning("role is recvonly: the given audio/video source will not be sent")
+        if simulcast_rid is not None and simulcast_rid not in RIDS:
+            raise ValueError(f"simulcast_rid must be one of {', '.join(RIDS)}; got {simulcast_rid!r}")
+        if simulcast_request_rid is not None and simulcast_request_rid not in ("none", *RIDS):
+            raise ValueError(f"simulcast_request_rid must be none, {', '.join(RIDS)}; got {simulcast_request_rid!r}")
         requested_channels = normalize_data_channels(data_channels)
         if requested_channels and not data_channel_signaling:
             # Sora opens messaging channels only with DataChannel signaling (§7).
@@ -285,7 +296,11 @@ class Connection:
         self._degradation = (
             None if degradation_preference is None else DegradationPreference(int(degradation_preference))
         )
-        self._video_attachment: _Attachment | None = None
+        # One per simulcast layer, or a single one.
+        self._video_attachments: list[_Attachment] = []
+        # JSON-RPC on the ``rpc`` DataChannel: our request ids and their answers.
+        self._rpc_ids = itertools.count(1)
+        self._rpc_pending: dict[int, asyncio.Future[Any]] = {}
         self._plis_received = 0
         """Key frame requests (PLI/FIR) the server sent for our video (``pliCount``)."""
         if audio_opus_params:
@@ -338,6 +353,9 @@ class Connection:
             data_channel_signaling=data_channel_signaling,
             ignore_disconnect_websocket=ignore_disconnect_websocket,
             data_channels=requested_channels,
+            simulcast=simulcast,
+            simulcast_rid=simulcast_rid,
+            simulcast_request_rid=simulcast_request_rid,
         )
         self._ws_open_timeout = websocket_connection_timeout
         self._ws_close_timeout = websocket_close_timeout
@@ -750,10 +768,103 @@ class Connection:
         await self._send(pong, report=False)
 
     def _on_notify(self, text: str, msg: dict[str, Any]) -> None:
-        if msg.get("event_type") == "connection.created" and msg.get("connection_id") == self._connection_id:
+        event_type = msg.get("event_type")
+        if event_type == "connection.created" and msg.get("connection_id") == self._connection_id:
             self.self_notified = True
         sdk_loop.dispatch_callback(self.on_notify, text, what="on_notify")
         self._emit(Notify(msg))
+        if event_type == "simulcast.switched":
+            self._on_simulcast_switched(msg)
+
+    def _on_simulcast_switched(self, msg: dict[str, Any]) -> None:
+        """``simulcast.switched``: the server forwards another layer of one sender's video."""
+        sender = msg.get("sender_connection_id")
+        rid = msg.get("current_rid")
+        previous = msg.get("previous_rid")
+        for track in self._tracks.values():
+            if track.kind == "video" and track.stream_id == sender:
+                track.simulcast_rid = rid if isinstance(rid, str) else None
+                self._log(logging.DEBUG, "simulcast layer of %s is now %s", sender, rid)
+                self._emit(SimulcastSwitched(track, track.simulcast_rid,
+                                             previous if isinstance(previous, str) else None, msg))
+
+    # -- JSON-RPC on the ``rpc`` DataChannel -------------------------------------------------------
+
+    def rpc(self, method: str, params: dict[str, Any] | None = None, *,
+            timeout: float | None = 5.0) -> Awaitable[Any]:
+        """Call a server method over JSON-RPC 2.0 on the ``rpc`` DataChannel (sora-signaling.md §9).
+
+        Returns the ``result``; raises :class:`hibiki.HibikiError` with the
+        server's error message, when the ``rpc`` channel is not open (it
+        needs ``data_channel_signaling=True``), or on ``timeout`` seconds
+        without an answer. Blocks in a plain thread; in a coroutine, returns
+        an awaitable::
+
+            await conn.rpc("2025.2.0/RequestSimulcastRid", {"rid": "r0"})
+        """
+        return _wait(sdk_loop.run_coroutine(self._rpc_call(method, params, timeout)), "rpc()")
+
+    async def _rpc_call(self, method: str, params: dict[str, Any] | None, timeout: float | None) -> Any:
+        if self._state != "connected":
+            raise HibikiError(f"cannot call {method}: the connection is {self._state}")
+        if not self._dc.is_open("rpc"):
+            raise HibikiError(f"cannot call {method}: the rpc DataChannel is not open "
+                              "(connect with data_channel_signaling=True to a server that offers it)")
+        request_id = next(self._rpc_ids)
+        request: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "id": request_id}
+        if params is not None:
+            request["params"] = params
+        answer = asyncio.get_running_loop().create_future()
+        self._rpc_pending[request_id] = answer
+        try:
+            if self._try_send("rpc", dumps(request).encode()) != "sent":
+                raise HibikiError(f"cannot call {method}: the rpc DataChannel did not take the request")
+            try:
+                async with asyncio.timeout(timeout):
+                    reply = await answer
+            except TimeoutError:
+                raise HibikiError(f"{method}: no answer within {timeout} s") from None
+        finally:
+            self._rpc_pending.pop(request_id, None)
+        error = reply.get("error")
+        if error is not None:
+            message = error.get("message") if isinstance(error, dict) else error
+            raise HibikiError(f"{method} failed: {message}")
+        return reply.get("result")
+
+    def _on_rpc_answer(self, data: bytes) -> None:
+        try:
+            reply = json.loads(data)
+        except ValueError:
+            return
+        if not isinstance(reply, dict) or "method" in reply:
+            return  # a request or notification from the server, not an answer
+        waiter = self._rpc_pending.get(reply.get("id"))  # type: ignore[arg-type]
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reply)
+
+    def request_simulcast_rid(self, rid: str, sender_connection_id: str | None = None, *,
+                              timeout: float | None = 5.0) -> Awaitable[None]:
+        """Receive simulcast layer ``rid`` (``r0``, ``r1``, ``r2``, ``none`` or ``auto``) of one sender's video, or every sender's.
+
+        The server switches at the layer's next keyframe and says so with a
+        ``simulcast.switched`` notify (:class:`~hibiki.events.SimulcastSwitched`,
+        ``track.simulcast_rid``); if the sender does not send that layer, the
+        next lower one comes. Uses Sora's RPC ``2025.2.0/RequestSimulcastRid``,
+        so the connection needs ``data_channel_signaling=True``. Blocks in a
+        plain thread; awaitable in a coroutine. Raises ValueError for a bad
+        rid and :class:`hibiki.HibikiError` when the server refuses.
+        """
+        if rid not in ("none", "auto", *RIDS):
+            raise ValueError(f"rid must be none, auto or one of {', '.join(RIDS)}; got {rid!r}")
+        params: dict[str, Any] = {"rid": rid}
+        if sender_connection_id is not None:
+            params["sender_connection_id"] = sender_connection_id
+
+        async def call() -> None:
+            await self._rpc_call("2025.2.0/RequestSimulcastRid", params, timeout)
+
+        return _wait(sdk_loop.run_coroutine(call()), "request_simulcast_rid()")
 
     def _on_push(self, text: str, msg: dict[str, Any]) -> None:
         sdk_loop.dispatch_callback(self.on_push, text, what="on_push")
@@ -877,6 +988,7 @@ class Connection:
             self._emit(Message(label, data, sender_connection_id(self._dc.labels.get(label), data)))
             return
         if label == "rpc":
+            self._on_rpc_answer(data)
             sdk_loop.dispatch_callback(self.on_rpc, data, what="on_rpc")
             self._emit(Message(label, data))
             return
@@ -1037,7 +1149,7 @@ class Connection:
         elif kind == "keyframe_request":
             if self.video_source is not None and event.mid == self._mids.get("video"):
                 self._plis_received += 1
-                self.video_source.request_keyframe()
+                self.video_source.request_keyframe(event.rid)
         elif kind == "connected":
             self._on_connected()
         elif kind == "bitrate":
@@ -1153,22 +1265,68 @@ class Connection:
             codec = codec_for_mid(self._offer_sdp, mid) or default_codec
             source._transforms.expect(self._handle, mid, self._frame_transformers[kind],
                                       payload_types_for_mid(self._offer_sdp, mid).get(codec.upper()))
-            attachment = _Attachment(
-                engine=self._hub.engine, handle=self._handle, mid=mid, codec=codec,
-                label=self._tag, bitrate=kbps * 1000 if kbps else None,
-                audio_params=self._audio_opus_params if kind == "audio" else None,
-                video_params=self._video_codec_params.get(codec.upper()) if kind == "video" else None,
-                implementation=(self._video_preference.encoder(codec)
-                                if kind == "video" and self._video_preference is not None else None),
-                degradation=self._degradation if kind == "video" else None,
-            )
+            layers: list[SimulcastLayer | None] = [None]
             if kind == "video":
-                self._video_attachment = attachment
-            source._attach(attachment)
+                layers = list(self._simulcast_layers(mid)) or [None]
+            for layer in layers:
+                bitrate = layer.max_bitrate if layer is not None else (kbps * 1000 if kbps else None)
+                attachment = _Attachment(
+                    engine=self._hub.engine, handle=self._handle, mid=mid, codec=codec,
+                    label=self._tag, bitrate=bitrate,
+                    rid=layer.rid if layer is not None else None,
+                    scale=layer.scale if layer is not None else 1.0,
+                    audio_params=self._audio_opus_params if kind == "audio" else None,
+                    video_params=self._video_codec_params.get(codec.upper()) if kind == "video" else None,
+                    implementation=(self._video_preference.encoder(codec)
+                                    if kind == "video" and self._video_preference is not None else None),
+                    degradation=self._degradation if kind == "video" else None,
+                )
+                if kind == "video":
+                    self._video_attachments.append(attachment)
+                source._attach(attachment)
         if desired:
             # Without a goal the estimator only learns what we already send
             # and would never let the encoder climb past its first estimate.
             self._hub.engine.set_desired_bitrate(self._handle, desired)
+
+    def _simulcast_layers(self, mid: str) -> list[SimulcastLayer]:
+        """The active simulcast layers to encode on our video ``mid`` (empty without simulcast).
+
+        The RIDs are those the SDP negotiated, their sizes and rates the
+        offer's ``encodings`` (sora-signaling.md §8), as libwebrtc applies them.
+        """
+        offer = self._offer or {}
+        if offer.get("simulcast") is not True or self._hub is None or self._handle is None:
+            return []
+        try:
+            rids = self._hub.engine.send_rids(self._handle, mid)
+        except Exception as exc:
+            self._log(logging.WARNING, "cannot read the simulcast layers of mid %s: %s", mid, exc)
+            return []
+        layers = [layer for layer in layers_from_encodings(rids, offer.get("encodings"), self._video_bit_rate)
+                  if layer.active]
+        if layers:
+            self._log(logging.INFO, "simulcast: %s", ", ".join(
+                f"{layer.rid} /{layer.scale:g} {layer.max_bitrate // 1000} kbps" for layer in layers))
+        return layers
+
+    def set_simulcast_active(self, rid: str, active: bool) -> None:
+        """Pause (``active=False``) or resume one simulcast layer we send, like
+        ``RTCRtpSender.setParameters`` with ``encodings[i].active``.
+
+        A paused layer is neither encoded nor sent; the server moves its
+        receivers to the next lower layer and back once it resumes (with a
+        keyframe). Raises ValueError when the connection sends no such layer.
+        """
+        layers = [a for a in self._video_attachments if a.rid == rid]
+        if not layers:
+            sent = [a.rid for a in self._video_attachments if a.rid is not None]
+            raise ValueError(f"this connection sends no simulcast layer {rid!r} (it sends {sent or 'none'})")
+        for attachment in layers:
+            if active and not attachment.active:
+                attachment.waiting_keyframe = True  # a resumed layer starts with a keyframe
+            attachment.active = bool(active)
+        self._log(logging.INFO, "simulcast layer %s %s", rid, "resumed" if active else "paused")
 
     def _send_rate(self, kind: str) -> int:
         """The configured (maximum) send rate of ``kind`` in bit/s."""
@@ -1176,15 +1334,23 @@ class Connection:
 
         if kind == "audio":
             return (self._audio_bit_rate or 0) * 1000 or DEFAULT_AUDIO_BITRATE
-        return (self._video_bit_rate or 0) * 1000 or DEFAULT_VIDEO_BITRATE
+        simulcast = sum(a.bitrate or 0 for a in self._video_attachments if a.rid is not None)
+        return simulcast or (self._video_bit_rate or 0) * 1000 or DEFAULT_VIDEO_BITRATE
 
     def _on_bitrate(self, bps: int) -> None:
-        """The engine's send-side estimate changed: give video what audio leaves."""
+        """The engine's send-side estimate changed: give video what audio leaves.
+
+        Simulcast layers share it in proportion to their maximum rates.
+        """
         self.send_bitrate = bps
-        attachment = self._video_attachment
-        if attachment is not None:
-            audio = self._send_rate("audio") if self.audio_source is not None and "audio" in self._mids else 0
-            attachment.estimate = max(0, bps - audio)
+        attachments = self._video_attachments
+        if not attachments:
+            return
+        audio = self._send_rate("audio") if self.audio_source is not None and "audio" in self._mids else 0
+        video = max(0, bps - audio)
+        total = sum(a.bitrate or 0 for a in attachments)
+        for a in attachments:
+            a.estimate = video if not total or len(attachments) == 1 else video * (a.bitrate or 0) // total
 
     def _on_track_added(self, event: Event) -> None:
         mid = event.mid or ""
@@ -1202,6 +1368,7 @@ class Connection:
             track_id=event.track_id or "",
             connection_id=self._tag,
             request_keyframe=self._request_keyframe,
+            request_simulcast_rid=self.request_simulcast_rid,
             video_codec_preference=self._video_preference,
         )
         self._tracks[mid] = track
@@ -1346,6 +1513,11 @@ class Connection:
                 if source is not None:
                     source._detach(self._handle)
         self._dc.open.clear()  # the engine connection (and with it every channel) is gone
+        for pending in self._rpc_pending.values():
+            if not pending.done():
+                pending.set_exception(HibikiError(f"the connection closed before the RPC answer: {reason}"))
+                pending.exception()
+        self._rpc_pending.clear()
         for channels_waiter in self._channels_closed_waiters:
             if not channels_waiter.done():
                 channels_waiter.set_result(None)

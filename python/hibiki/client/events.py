@@ -35,6 +35,7 @@ __all__ = [
     "SignalingDirection",
     "SignalingErrorCode",
     "SignalingType",
+    "SimulcastSwitched",
     "Switched",
     "TrackAdded",
     "TrackRemoved",
@@ -103,6 +104,21 @@ class TrackRemoved:
     """A remote track went away (its sender left or unpublished)."""
 
     track: MediaTrack
+
+
+@dataclass(frozen=True)
+class SimulcastSwitched:
+    """The server now forwards another simulcast layer of ``track`` (``rid``: ``r0``..``r2``, None: none).
+
+    Follows the server's ``simulcast.switched`` notify (the raw message is
+    ``message``); ``track.simulcast_rid`` already says the new layer. The
+    first picture of the new layer is a keyframe at its resolution.
+    """
+
+    track: MediaTrack
+    rid: str | None
+    previous_rid: str | None
+    message: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -196,6 +212,7 @@ class Disconnected:
 
 
 ConnectionEvent = (
-    Connected | TrackAdded | TrackRemoved | Notify | Push | Switched | DataChannelOpen | Message | Disconnected
+    Connected | TrackAdded | TrackRemoved | SimulcastSwitched | Notify | Push | Switched | DataChannelOpen
+    | Message | Disconnected
 )
 """Anything ``async for event in conn`` can yield."""

@@ -14,8 +14,8 @@ __all__ = ["Hibiki", "split_kwargs"]
 # sora-sdk ``create_connection`` arguments we accept but do not implement yet.
 # They are ignored with a warning rather than rejected, so sora-sdk programs run.
 _SORA_UNSUPPORTED = frozenset({
-    "simulcast", "spotlight",
-    "spotlight_number", "simulcast_rid", "simulcast_request_rid", "spotlight_focus_rid",
+    "spotlight",
+    "spotlight_number", "spotlight_focus_rid",
     "spotlight_unfocus_rid", "forwarding_filter", "forwarding_filters",
     "audio_streaming_language_code", "insecure", "client_cert",
     "client_key", "ca_cert", "proxy_username", "proxy_password", "proxy_agent",
@@ -130,13 +130,16 @@ class Hibiki:
         audio_frame_transformer: AudioFrameTransformer | None = None,
         video_frame_transformer: VideoFrameTransformer | None = None,
         degradation_preference: int | None = None,
+        simulcast: bool | None = None,
+        simulcast_rid: str | None = None,
+        simulcast_request_rid: str | None = None,
         **kwargs: Any,
     ) -> Connection:
         """Create a :class:`~hibiki.Connection` (not connected yet: call ``connect()``).
 
         Arguments follow sora-sdk's ``Sora.create_connection``. ``video_bit_rate``
         and ``audio_bit_rate`` are in kbps. sora-sdk arguments that Hibiki does
-        not implement yet (simulcast, data channels, TLS options...) are
+        not implement yet (spotlight, forwarding filters, TLS options...) are
         ignored with a ``UserWarning``. ``connect_timeout`` (seconds) bounds
         ``connect()`` as a whole.
 
@@ -171,6 +174,15 @@ class Hibiki:
         ``MAINTAIN_FRAMERATE`` scales the picture down, ``MAINTAIN_RESOLUTION``
         lowers the frame rate, ``BALANCED``, the default, does both,
         ``DISABLED`` neither) says what gives; see :mod:`hibiki.media.adaptation`.
+
+        Simulcast: ``simulcast=True`` publishes the video source as three
+        layers, ``r0`` (a quarter of the width and height), ``r1`` (half)
+        and ``r2`` (full), with ``video_bit_rate`` split over them, as the
+        server's offer (``encodings``) says; one source, three encoders.
+        Receivers choose the layer they get with ``simulcast_rid``
+        (``r0``..``r2``; ``simulcast_request_rid`` also takes ``none``) and
+        change it at run time with ``conn.request_simulcast_rid(rid)`` or
+        ``track.request_simulcast_rid(rid)``.
         """
         split_kwargs(kwargs, "create_connection")
         return Connection(
@@ -208,4 +220,7 @@ class Hibiki:
             audio_frame_transformer=audio_frame_transformer,
             video_frame_transformer=video_frame_transformer,
             degradation_preference=degradation_preference,
+            simulcast=simulcast,
+            simulcast_rid=simulcast_rid,
+            simulcast_request_rid=simulcast_request_rid,
         )

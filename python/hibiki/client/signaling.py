@@ -89,6 +89,9 @@ def build_connect_message(
     ignore_disconnect_websocket: bool | None = None,
     data_channels: list[dict[str, Any]] | None = None,
     redirect: bool = False,
+    simulcast: bool | None = None,
+    simulcast_rid: str | None = None,
+    simulcast_request_rid: str | None = None,
 ) -> dict[str, Any]:
     """Build the ``connect`` message. Unset fields are left out, as sora-sdk does.
 
@@ -127,6 +130,12 @@ def build_connect_message(
         msg["ignore_disconnect_websocket"] = bool(ignore_disconnect_websocket)
     if data_channels:
         msg["data_channels"] = [dict(entry) for entry in data_channels]
+    if simulcast is not None:
+        msg["simulcast"] = bool(simulcast)
+    if simulcast_rid:
+        msg["simulcast_rid"] = simulcast_rid
+    if simulcast_request_rid:
+        msg["simulcast_request_rid"] = simulcast_request_rid
     return msg
 
 

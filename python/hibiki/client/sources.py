@@ -65,6 +65,12 @@ class _Attachment:
     codec: str
     label: str  # connection id, for logs
     bitrate: int | None = None
+    rid: str | None = None
+    """Video only: the simulcast layer this attachment encodes (None: no simulcast)."""
+    scale: float = 1.0
+    """Video only: the picture's width and height are divided by this (simulcast layers)."""
+    active: bool = True
+    """Video only: False pauses this simulcast layer (nothing is encoded or sent for it)."""
     audio_params: dict[str, Any] | None = None
     """Audio only: sora-sdk's ``audio_opus_params`` (stereo, FEC, DTX, ptime...) for this m-line."""
     video_params: dict[str, Any] | None = None
@@ -94,7 +100,8 @@ class _SourceBase:
     def __init__(self) -> None:
         self.id = str(uuid.uuid4())
         self._lock = threading.Lock()
-        self._attachments: dict[tuple[str, str], _Attachment] = {}
+        # By (connection handle, mid, simulcast rid).
+        self._attachments: dict[tuple[str, str, str | None], _Attachment] = {}
         self._thread: threading.Thread | None = None
         self._enabled = True
         self.frames_in = 0
@@ -147,12 +154,13 @@ class _SourceBase:
         """Per attached connection: what was sent, for ``get_stats``-style reports.
 
         One dict per attachment with ``connection_id`` (the connection's id
-        once connected), ``mid``, ``codec``, ``frames_sent`` and ``bytes_sent``
+        once connected), ``mid``, ``rid`` (the simulcast layer, or None),
+        ``scale`` (its picture divisor), ``codec``, ``frames_sent`` and ``bytes_sent``
         (encoded payload bytes, before RTP). Counters restart when a
         connection attaches again.
         """
         return [
-            {"connection_id": a.label, "mid": a.mid, "codec": a.codec,
+            {"connection_id": a.label, "mid": a.mid, "rid": a.rid, "scale": a.scale, "codec": a.codec,
              "frames_sent": a.frames_sent, "bytes_sent": a.bytes_sent}
             for a in self._targets()
         ]
@@ -166,7 +174,7 @@ class _SourceBase:
         # gave one (Connection calls _transforms.expect first), or the source's.
         self._transforms.attach(attachment)
         with self._lock:
-            self._attachments[(attachment.handle, attachment.mid)] = attachment
+            self._attachments[(attachment.handle, attachment.mid, attachment.rid)] = attachment
             self._on_attach_locked(attachment)
             # A worker that decided to exit clears _thread under this lock, so
             # "is there a worker?" cannot race with its exit.
@@ -221,7 +229,7 @@ class _SourceBase:
         if age is not None and not 0.0 <= age < _MAX_CAPTURE_AGE:
             age = None
         try:
-            ok = target.engine.write_frame(target.handle, target.mid, target.codec, data, rtp_time, age)
+            ok = target.engine.write_frame(target.handle, target.mid, target.codec, data, rtp_time, age, target.rid)
         except Exception as exc:
             # The connection is closing or gone; the Connection will detach us.
             logger.debug("[%s] write_frame failed on mid %s: %s", target.label, target.mid, exc)
@@ -257,8 +265,9 @@ class VideoSource(_SourceBase):
         self._stop = False
         self._t0: float | None = None
         self._last_rtp = -1
-        self._force_keyframe = False
-        self._last_forced = 0.0
+        # Keyframes to force on the next picture, by simulcast rid (None: every encoder).
+        self._forced: set[str | None] = set()
+        self._last_forced: dict[str | None, float] = {}
         self.frame_width: int | None = None
         """Width of the last picture given to :meth:`on_captured` (None before the first)."""
         self.frame_height: int | None = None
@@ -300,9 +309,12 @@ class VideoSource(_SourceBase):
             self._queue.append((np.array(frame, dtype=np.uint8, order="C", copy=True), rtp))
             self._cond.notify()
 
-    def request_keyframe(self) -> None:
-        """Make the next encoded picture a keyframe (a receiver asked for one)."""
-        self._force_keyframe = True
+    def request_keyframe(self, rid: str | None = None) -> None:
+        """Make the next encoded picture a keyframe (a receiver asked for one).
+
+        ``rid``: only that simulcast layer's (None: every encoder's).
+        """
+        self._forced.add(rid)
 
     def _capture_time(self, rtp_time: int) -> float | None:
         # RTP time is the capture time since the first picture (on_captured).
@@ -323,11 +335,11 @@ class VideoSource(_SourceBase):
         """Connections that agree on codec, implementation, codec parameters and
         degradation preference share one encoder."""
         params = repr(sorted((target.video_params or {}).items()))
-        return (target.codec, target.implementation, params, target.degradation)
+        return (target.codec, target.implementation, params, target.degradation, target.scale)
 
     def _on_attach_locked(self, attachment: _Attachment) -> None:
         # A new receiver must start with a keyframe.
-        self._force_keyframe = True
+        self._forced.add(None)
         self._stop = False
 
     def _stop_locked(self) -> None:
@@ -350,9 +362,8 @@ class VideoSource(_SourceBase):
                         self._thread = None
                         return
                     bgr, rtp = self._queue.popleft()
-                    targets = list(self._attachments.values())
-                force = self._force_keyframe
-                self._force_keyframe = False
+                    targets = [t for t in self._attachments.values() if t.active]
+                forced, self._forced = self._forced, set()
                 by_codec: dict[tuple[Any, ...], list[_Attachment]] = {}
                 for target in targets:
                     by_codec.setdefault(target.encoder_key, []).append(target)
@@ -383,7 +394,9 @@ class VideoSource(_SourceBase):
                         # or at the next keyframe for encoders that must reopen).
                         encoder.set_bitrate(bitrate)
                     adapter = adapters[key]
-                    size = adapter.update(bitrate, bgr.shape[1], bgr.shape[0])
+                    force = None in forced or any(t.rid in forced for t in group)
+                    width, height = _scaled(bgr.shape[1], bgr.shape[0], key[-1])
+                    size = adapter.update(bitrate, width, height)
                     if not (force or adapter.admit(rtp / VIDEO_CLOCK_RATE)):
                         continue  # frame rate lowered for the bitrate (degradation_preference)
                     try:
@@ -397,7 +410,7 @@ class VideoSource(_SourceBase):
                         self.frames_encoded += 1
                         for target in group:
                             if target.waiting_keyframe and not ef.keyframe:
-                                self._want_keyframe()
+                                self._want_keyframe(target.rid)
                                 continue
                             route = self._transforms.route(target)
                             if route is not None:
@@ -418,11 +431,18 @@ class VideoSource(_SourceBase):
             encoders.clear()
             self._worker_exited()
 
-    def _want_keyframe(self) -> None:
+    def _want_keyframe(self, rid: str | None) -> None:
         now = time.monotonic()
-        if now - self._last_forced >= _MIN_FORCED_KEYFRAME_INTERVAL:
-            self._last_forced = now
-            self._force_keyframe = True
+        if now - self._last_forced.get(rid, 0.0) >= _MIN_FORCED_KEYFRAME_INTERVAL:
+            self._last_forced[rid] = now
+            self._forced.add(rid)
+
+
+def _scaled(width: int, height: int, scale: float) -> tuple[int, int]:
+    """A picture size divided by ``scale``, even and at least 2x2 (what the encoders take)."""
+    if scale <= 1.0:
+        return width, height
+    return max(2, int(width / scale) // 2 * 2), max(2, int(height / scale) // 2 * 2)
 
 
 class AudioSource(_SourceBase):

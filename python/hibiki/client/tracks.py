@@ -21,7 +21,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -301,6 +301,7 @@ class MediaTrack:
         track_id: str,
         connection_id: str,
         request_keyframe: Callable[[str], None],
+        request_simulcast_rid: Callable[..., Awaitable[None]] | None = None,
         video_codec_preference: Any = None,
     ) -> None:
         self.kind: Literal["audio", "video"] = kind
@@ -313,6 +314,10 @@ class MediaTrack:
         self.connection_id = connection_id
         """The *receiving* connection's id (ours)."""
         self._request_keyframe: Callable[[str], None] | None = request_keyframe
+        self._request_simulcast_rid = request_simulcast_rid
+        self.simulcast_rid: str | None = None
+        """Video from a simulcast sender: the layer the server forwards now (``r0``..``r2``),
+        from its ``simulcast.switched`` notifies; None before the first or without simulcast."""
         self._enabled = True
         self._ended = False
         self._cond = threading.Condition()
@@ -333,6 +338,8 @@ class MediaTrack:
         self.frame_height: int | None = None
         """Video: height of the last decoded picture."""
         self.frames_decoded = 0
+        self.decode_errors = 0
+        """Video: received frames the decoder refused (corrupt, or missing their references)."""
         self.keyframe_requests = 0
         self.first_frame_at: float | None = None
         """``time.monotonic()`` of the first decoded frame (None until then)."""
@@ -431,6 +438,21 @@ class MediaTrack:
         if request is not None and self.kind == "video":
             self.keyframe_requests += 1
             request(self.mid)
+
+    def request_simulcast_rid(self, rid: str, *, timeout: float | None = 5.0) -> Awaitable[None]:
+        """Receive simulcast layer ``rid`` (``r0`` lowest .. ``r2`` highest, ``none``, ``auto``) of this track.
+
+        For video from a simulcast sender; the quality changes at that
+        layer's next keyframe (see :attr:`simulcast_rid` and
+        :class:`~hibiki.events.SimulcastSwitched`). Same as
+        ``conn.request_simulcast_rid(rid, sender_connection_id=track.stream_id)``:
+        it needs ``data_channel_signaling=True``. Blocks in a plain thread;
+        in a coroutine, ``await track.request_simulcast_rid("r0")``.
+        """
+        request = self._request_simulcast_rid
+        if self.kind != "video" or request is None:
+            raise ValueError("only video tracks have simulcast layers")
+        return request(rid, self.stream_id, timeout=timeout)
 
     @property
     def ended(self) -> bool:
@@ -613,7 +635,9 @@ class MediaTrack:
                 decoder.expect_keyframe()
             # The decoder drops delta frames while it waits for a keyframe and
             # never raises on corrupt input; needs_keyframe says when to ask.
+            errors = decoder.errors
             pictures = decoder.decode_pictures(event.data or b"", keyframe=event.keyframe)
+            self.decode_errors += decoder.errors - errors
             if decoder.needs_keyframe:
                 self._ask_keyframe(pli)
             for picture in pictures:

@@ -850,13 +850,14 @@ class SendTransforms:
         # (handle, mid) -> what the connection said before attaching: its own
         # transformer (or None) and the codec's payload type in the SDP.
         self._expected: dict[tuple[str, str], tuple[FrameTransformer | None, int | None]] = {}
-        # (handle, mid) -> (target, the connection's own transformer, SDP payload type)
-        self._specs: dict[tuple[str, str], tuple[Any, FrameTransformer | None, int | None]] = {}
-        self._routes: dict[tuple[str, str], SendRoute] = {}
+        # (handle, mid, simulcast rid) -> (target, the connection's own
+        # transformer, SDP payload type): one route per simulcast layer.
+        self._specs: dict[tuple[str, str, str | None], tuple[Any, FrameTransformer | None, int | None]] = {}
+        self._routes: dict[tuple[str, str, str | None], SendRoute] = {}
 
     def route(self, target: Any) -> SendRoute | None:
         """The route of ``target`` (an attachment), or None when its frames are not transformed."""
-        return self._routes.get((target.handle, target.mid))
+        return self._routes.get((target.handle, target.mid, target.rid))
 
     def expect(self, handle: str, mid: str, transformer: FrameTransformer | None, payload_type: int | None) -> None:
         """Called by a connection just before it attaches the source on ``mid``.
@@ -870,12 +871,13 @@ class SendTransforms:
 
     def attach(self, target: Any) -> None:
         """A connection starts receiving the source (``target``: its attachment)."""
-        key = (target.handle, target.mid)
+        key = (target.handle, target.mid, target.rid)
         with self._lock:
             # Routes of connections that left stay (closed) until now; see detach.
             for old in [k for k, r in self._routes.items() if r.closed and k not in self._specs]:
                 del self._routes[old]
-            transformer, payload_type = self._expected.pop(key, (None, None))
+            # Kept for the other simulcast layers of the same m-line.
+            transformer, payload_type = self._expected.get(key[:2], (None, None))
             self._specs[key] = (target, transformer, payload_type)
             self._rebuild_locked(key)
 
@@ -903,7 +905,7 @@ class SendTransforms:
             for key in list(self._specs):
                 self._rebuild_locked(key)
 
-    def _rebuild_locked(self, key: tuple[str, str]) -> None:
+    def _rebuild_locked(self, key: tuple[str, str, str | None]) -> None:
         target, own, payload_type = self._specs[key]
         transformer = own if own is not None else self.default
         old = self._routes.get(key)

@@ -1311,6 +1311,8 @@ class VideoDecoder:
         self._ctx = self._open(names)
         self._converter = _BgrConverter()
         self._needs_keyframe = True
+        self.errors = 0
+        """Frames FFmpeg refused to decode (corrupt, or missing their references)."""
         self._last_error: str | None = None
 
     def _open(self, names: tuple[str, ...]) -> av.VideoCodecContext:
@@ -1434,6 +1436,7 @@ class VideoDecoder:
             ]
         except (av.FFmpegError, ValueError) as exc:
             self._last_error = str(getattr(exc, "strerror", None) or exc)
+            self.errors += 1
             logger.debug(
                 "%s decoder: dropping a frame of %d bytes: %s",
                 self._codec,

@@ -49,6 +49,16 @@ Sora_20201013.ListChannelConnections   ``channel_id``                           
                                                                                    for an unknown channel)
 Sora_20241218.RequestKeyFrame          ``channel_id``, ``connection_id``           the SFU asks that sender for a key
                                                                                    frame (PLI); ``{}``
+Sora_20251217.RequestSimulcastRid      ``channel_id``, ``receiver_connection_id``,  the receiver gets layer ``rid``
+                                       ``rid`` (none/r0/r1/r2/auto),               (none, r0, r1, r2, auto) of the
+                                       ``sender_connection_id``?                   sender's (or every sender's)
+                                                                                   simulcast video from its next
+                                                                                   keyframe; ``{}``. Also as
+                                                                                   ``Sora_20251210.*``
+Sora_20201005.RequestRtpStream         ``channel_id``, ``recv_connection_id``,     the same, older names
+                                       ``rid``, ``send_connection_id``?
+Sora_20201005.ResetRtpStream           ``channel_id``, ``recv_connection_id``,     back to the layer asked for at
+                                       ``send_connection_id``?                     connect (r2 if none); ``{}``
 =====================================  ==========================================  ===================================
 
 A disconnected client sees a WebSocket close 1000 ``DISCONNECTED-API`` (the
@@ -59,13 +69,14 @@ their offer, whether or not their media is up yet.
 A connection in a list::
 
     {"channel_id", "session_id", "connection_id", "client_id", "bundle_id", "role",
-     "multistream": true, "simulcast": false, "spotlight": false,
+     "multistream": true, "simulcast": bool, "spotlight": false,
      "audio": {"codec_type": "OPUS"} | false, "video": {"codec_type", "bit_rate"?} | false,
      "connected": bool (media up), "created_time": microseconds since the epoch}
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import json
 import logging
@@ -78,7 +89,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from hibiki._log import ConnectionLogger
-from hibiki.server import close_codes
+from hibiki.server import close_codes, simulcast
 from hibiki.server.channel import Channel, Member
 from hibiki.server.hub import Hub
 from hibiki.server.validation import ROLES, json_type
@@ -275,7 +286,7 @@ def _connection_info(channel: Channel, member: Member) -> dict[str, Any]:
         "bundle_id": member.bundle_id,
         "role": member.role,
         "multistream": True,
-        "simulcast": False,
+        "simulcast": member.simulcast,
         "spotlight": False,
         "audio": audio,
         "video": video,
@@ -315,6 +326,57 @@ def request_key_frame(hub: Hub, body: Body) -> dict[str, Any]:
         # The data plane no longer knows it: it is on its way out.
         raise ApiError(404, f"connection {member.connection_id} is closing ({exc})") from None
     return {}
+
+
+def _request_rid(hub: Hub, body: Body, receiver_field: str, sender_field: str, rid: str) -> dict[str, Any]:
+    channel = _channel(hub, body)
+    receiver_id = _str_field(body, receiver_field)
+    receiver = channel.members.get(receiver_id)
+    if receiver is None:
+        raise ApiError(404, f"no connection {receiver_id[:60]!r} in channel {channel.channel_id[:60]!r}")
+    sender_id = _str_field(body, sender_field) if sender_field in body else None
+    if sender_id is not None and sender_id not in channel.members:
+        raise ApiError(404, f"no connection {sender_id[:60]!r} in channel {channel.channel_id[:60]!r}")
+    if receiver.role == "sendonly":
+        raise ApiError(400, f"connection {receiver_id} is sendonly and receives nothing")
+    try:
+        receiver.handle.request_simulcast_rid(rid, sender_id)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    return {}
+
+
+def _rid_field(body: Body) -> str:
+    rid = _str_field(body, "rid")
+    if rid not in ("none", "auto", *simulcast.RIDS):
+        raise ApiError(400, f"invalid rid: {rid[:20]!r} (expected none, r0, r1, r2 or auto)")
+    return rid
+
+
+@_action("Sora_20251217.RequestSimulcastRid", "choose the simulcast layer a receiver gets")
+def request_simulcast_rid(hub: Hub, body: Body) -> dict[str, Any]:
+    """Switch ``receiver_connection_id`` to layer ``rid`` of one sender (or all)."""
+    return _request_rid(hub, body, "receiver_connection_id", "sender_connection_id", _rid_field(body))
+
+
+# Sora's documentation has shown this API under two version strings.
+ACTIONS["Sora_20251210.RequestSimulcastRid"] = dataclasses.replace(
+    ACTIONS["Sora_20251217.RequestSimulcastRid"], target="Sora_20251210.RequestSimulcastRid")
+
+
+@_action("Sora_20201005.RequestRtpStream", "choose the simulcast layer a receiver gets (older name)")
+def request_rtp_stream(hub: Hub, body: Body) -> dict[str, Any]:
+    """The pre-2025 form of RequestSimulcastRid."""
+    return _request_rid(hub, body, "recv_connection_id", "send_connection_id", _rid_field(body))
+
+
+@_action("Sora_20201005.ResetRtpStream", "give a receiver back the simulcast layer it connected with")
+def reset_rtp_stream(hub: Hub, body: Body) -> dict[str, Any]:
+    """Undo RequestRtpStream: the layer from the connect message (``r2`` if none)."""
+    channel = _channel(hub, body)
+    receiver = channel.members.get(_str_field(body, "recv_connection_id"))
+    rid = receiver.simulcast_rid if receiver is not None and receiver.simulcast_rid else simulcast.DEFAULT_RID
+    return _request_rid(hub, body, "recv_connection_id", "send_connection_id", rid)
 
 
 # -- the endpoint --------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ from hibiki.server.validation import (
     ABSENT,
     AUDIO_CODECS,
     MAX_ID_BYTES,
+    SIMULCAST_RIDS,
     VIDEO_CODECS,
     ConnectRequest,
     json_type,
@@ -100,6 +101,9 @@ PAYOUT_KEYS: Final = frozenset(
         "audio_bit_rate",
         "video_bit_rate",
         "connection_lifetime",
+        "simulcast",
+        "simulcast_rid",
+        "simulcast_encodings",
     }
 )
 """Overrides an auth webhook answer (or a token claim) may carry and this server applies.
@@ -115,6 +119,10 @@ PAYOUT_KEYS: Final = frozenset(
   ``audio_bit_rate`` (6..510 kbps), ``video_bit_rate`` (kbps).
 * ``connection_lifetime``: seconds (> 0); then the server closes the
   connection with 1000 ``LIFETIME-EXPIRED``.
+* ``simulcast``: boolean; ``simulcast_rid``: ``r0``/``r1``/``r2``, the layer
+  this connection receives; ``simulcast_encodings``: the publisher's
+  ``encodings`` (an array of objects, ``rid`` ``r0``, ``r1``, ``r2`` in that
+  order), sent in the offer instead of the defaults.
 """
 
 _UNSUPPORTED_PAYOUTS: Final = frozenset(
@@ -125,9 +133,6 @@ _UNSUPPORTED_PAYOUTS: Final = frozenset(
         "data_channels",
         "event_metadata",
         "signaling_notify_ice_connection_state",
-        "simulcast",
-        "simulcast_rid",
-        "simulcast_encodings",
         "simulcast_multicodec",
         "simulcast_codecs",
         "spotlight",
@@ -194,6 +199,14 @@ def _check_enum(source: str, name: str, value: Any, allowed: tuple[str, ...]) ->
     return value
 
 
+def _check_encodings(source: str, value: Any) -> tuple[dict[str, Any], ...]:
+    rids = [e.get("rid") if isinstance(e, dict) else None for e in value] if isinstance(value, list) else None
+    if rids != list(SIMULCAST_RIDS):
+        # libwebrtc silently ignores encodings whose rids differ from the SDP's.
+        raise _payout_error(source, f"simulcast_encodings must be objects with rid {', '.join(SIMULCAST_RIDS)} in order")
+    return tuple(dict(e) for e in value)
+
+
 def _check_int(source: str, name: str, value: Any, lo: int, hi: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
         raise _payout_error(source, f"{name} must be an integer in {lo}..{hi}")
@@ -234,6 +247,12 @@ def apply_payouts(
             changes[key] = _check_int(source, key, value, 6, 510)
         elif key == "video_bit_rate":
             changes[key] = _check_int(source, key, value, 1, 1_000_000)
+        elif key == "simulcast":
+            changes[key] = _check_bool(source, key, value)
+        elif key == "simulcast_rid":
+            changes[key] = _check_enum(source, key, value, SIMULCAST_RIDS)
+        elif key == "simulcast_encodings":
+            changes[key] = _check_encodings(source, value)
         elif key == "connection_lifetime":
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
                 raise _payout_error(source, "connection_lifetime must be a number of seconds > 0")

@@ -42,6 +42,9 @@ class ConnectionHandle(Protocol):
     def server_disconnect(self, reason: str) -> None:
         """Close the connection from the server side, successfully (1000 ``reason``)."""
 
+    def request_simulcast_rid(self, rid: str, sender_connection_id: str | None = None) -> None:
+        """Receive simulcast layer ``rid`` from one sender or all; ValueError if impossible."""
+
 
 def _now_us() -> int:
     return time.time_ns() // 1000
@@ -69,6 +72,10 @@ class Member:
     audio_codec_type: str | None = None
     video_codec_type: str | None = None
     video_bit_rate: int | None = None
+    simulcast: bool = False
+    """The connection publishes its video as simulcast layers."""
+    simulcast_rid: str | None = None
+    """The layer it asked to receive at connect (``simulcast_rid``), if any."""
     created_time_us: int = field(default_factory=_now_us)
     """Wall-clock creation time in microseconds since the epoch (the HTTP API's ``created_time``)."""
     connected: bool = False

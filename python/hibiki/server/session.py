@@ -40,7 +40,7 @@ from starlette.websockets import WebSocket
 
 from hibiki._log import ConnectionLogger
 from hibiki.api.models import TrackResponse
-from hibiki.server import close_codes, messages
+from hibiki.server import close_codes, messages, simulcast
 from hibiki.server.auth import AuthError, AuthResult
 from hibiki.server.channel import Channel, Member
 from hibiki.server.datachannel import SYSTEM_LABELS, DataChannelPlan
@@ -120,6 +120,9 @@ class SignalingSession:
         self._published: list[TrackResponse] = []
         """Tracks this connection publishes (for ``call.track_unpublished`` webhooks when it leaves)."""
         self._sfu_has_connection = False
+        # The simulcast layer this receiver asked for: from every sender, and per sender.
+        self._default_rid: str | None = None
+        self._requested_rids: dict[str, str] = {}
         self._left = False
         self._pending_candidates: list[str] = []
         self._pending_reoffer: str | None = None
@@ -521,6 +524,7 @@ class SignalingSession:
         auth = self._admit_to_call(auth)
         req = auth.request
         self._request = req
+        self._default_rid = req.simulcast_rid
         cid = self.connection_id
         assert cid is not None
         self._signaling_notify = auth.signaling_notify
@@ -538,6 +542,8 @@ class SignalingSession:
             audio_codec_type=req.audio_codec_type if req.audio else None,
             video_codec_type=req.video_codec_type if req.video else None,
             video_bit_rate=req.video_bit_rate if req.video else None,
+            simulcast=req.simulcast and req.send_video,
+            simulcast_rid=req.simulcast_rid,
         )
         channel = self.hub.registry.join(member)
         self._member = member
@@ -554,6 +560,8 @@ class SignalingSession:
                 audio_codec=req.audio_codec_type,
                 data_channels=cast("list[DataChannelSpec] | None", plan.sfu_specs() if plan else None),
                 opus_params=cast("OpusParams | None", req.opus_params if req.send_audio or req.recv else None),
+                simulcast_rids=list(simulcast.RIDS) if req.simulcast and req.send_video else None,
+                simulcast_layer=simulcast.layer_for(req.simulcast_rid or simulcast.DEFAULT_RID),
             )
         except ValueError as exc:
             raise SignalingError(str(exc) or "the SFU refused the connection") from None
@@ -570,6 +578,10 @@ class SignalingSession:
             video_mid=created.video_mid,
             metadata=auth.authz_metadata,
         )
+        if req.simulcast and req.send_video:
+            offer["simulcast"] = True
+            offer["encodings"] = (list(req.simulcast_encodings) if req.simulcast_encodings
+                                  else simulcast.default_encodings(req.video_bit_rate))
         if plan:
             offer["data_channel_signaling"] = plan.signaling
             offer["ignore_disconnect_websocket"] = plan.signaling and req.ignore_disconnect_websocket
@@ -854,22 +866,86 @@ class SignalingSession:
             self.close(exc.code, exc.reason)
 
     def _on_rpc(self, payload: bytes) -> None:
-        """No RPC methods yet: answer requests with JSON-RPC 'method not found'."""
+        """JSON-RPC 2.0 on the ``rpc`` data channel (sora-signaling.md §9).
+
+        ``2025.2.0/RequestSimulcastRid`` with ``rid`` (and optionally
+        ``sender_connection_id``) chooses this connection's simulcast layer;
+        other methods get 'method not found'. Requests without ``id`` are
+        notifications and get no answer.
+        """
         try:
             req = json.loads(payload)
         except ValueError:
+            self._rpc_send({"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": "Parse error"}})
             return
-        if isinstance(req, dict) and "id" in req:
-            self._dc_send(
-                "rpc",
-                {"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32601, "message": "Method not found"}},
-            )
+        if not isinstance(req, dict) or not isinstance(req.get("method"), str):
+            self._rpc_send({"jsonrpc": "2.0", "id": None, "error": {"code": -32600, "message": "Invalid Request"}})
+            return
+        rid = req.get("id")
+        reply: dict[str, Any]
+        if req["method"] == "2025.2.0/RequestSimulcastRid":
+            params = req.get("params")
+            try:
+                if not isinstance(params, dict):
+                    raise ValueError("params must be an object")
+                unknown = set(params) - {"rid", "sender_connection_id"}
+                if unknown:
+                    raise ValueError(f"unknown params: {', '.join(sorted(unknown))}")
+                sender = params.get("sender_connection_id")
+                if not isinstance(params.get("rid"), str) or not isinstance(sender, (str, type(None))):
+                    raise ValueError("rid must be a string and sender_connection_id a string")
+                self.request_simulcast_rid(params["rid"], sender)
+            except ValueError as exc:
+                reply = {"jsonrpc": "2.0", "id": rid, "error": {"code": -32602, "message": f"Invalid params: {exc}"}}
+            else:
+                reply = {"jsonrpc": "2.0", "id": rid, "result": {}}
+        else:
+            reply = {"jsonrpc": "2.0", "id": rid, "error": {"code": -32601, "message": "Method not found"}}
+        if "id" in req:
+            self._rpc_send(reply)
+
+    def request_simulcast_rid(self, rid: str, sender_connection_id: str | None = None) -> None:
+        """Receive simulcast layer ``rid`` (``none``, ``r0``..``r2``, ``auto``) from one sender or all.
+
+        The SFU switches on that layer's next keyframe; the client hears of
+        it with a ``simulcast.switched`` notify. Raises ValueError for a bad
+        rid or an unknown sender.
+        """
+        layer = simulcast.layer_for(rid)
+        if self.connection_id is None or not self._sfu_has_connection:
+            raise ValueError("the connection has no media yet")
+        if sender_connection_id is not None:
+            channel = self.hub.registry.get(self.channel_id or "")
+            if channel is None or sender_connection_id not in channel.members:
+                raise ValueError(f"no connection {sender_connection_id} in channel {self.channel_id}")
+        self.hub.bridge.sfu.set_simulcast_layer(self.connection_id, sender_connection_id, layer)
+        if sender_connection_id is None:
+            self._requested_rids.clear()
+            self._default_rid = rid
+        else:
+            self._requested_rids[sender_connection_id] = rid
+        self.log.info("simulcast rid %s requested%s", rid,
+                      f" from {sender_connection_id}" if sender_connection_id else " from every sender")
+
+    def on_layer_switched(self, event: Event) -> None:
+        """The SFU moved one of our subscriptions to another simulcast layer: tell the client."""
+        sender = event.stream_id or ""
+        self.log.debug("simulcast layer of %s now %s (was %s)", sender, event.rid, event.previous_rid)
+        request = self._requested_rids.get(sender, self._default_rid)
+        self.notify(simulcast.switched_notify(sender, event.rid, event.previous_rid, request))
 
     def _dc_send(self, label: str, message: dict[str, Any]) -> None:
-        """Send a JSON message on one of our data channels (compressed if the label is)."""
+        """Send a signaling message on one of our data channels (compressed if the label is)."""
+        self._dc_send_bytes(label, messages.dumps(message).encode())
+
+    def _rpc_send(self, message: dict[str, Any]) -> None:
+        """Send a JSON-RPC message (which has no signaling ``type``) on ``rpc``."""
+        self._dc_send_bytes("rpc", json.dumps(message, separators=(",", ":")).encode())
+
+    def _dc_send_bytes(self, label: str, payload: bytes) -> None:
         if self._dc is None or self.connection_id is None or label not in self._dc_open:
             return
-        data = self._dc.encode(label, messages.dumps(message).encode())
+        data = self._dc.encode(label, payload)
         try:
             if not self.hub.bridge.sfu.send_data(self.connection_id, label, data):
                 self.log.warning("data channel %s is full; message dropped", label)

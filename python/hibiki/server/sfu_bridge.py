@@ -42,6 +42,9 @@ class ConnectionEvents(Protocol):
     def on_track_published(self, event: Event) -> None:
         """An upstream track of the connection was negotiated."""
 
+    def on_layer_switched(self, event: Event) -> None:
+        """A subscription of the connection now receives another simulcast layer."""
+
     def on_channel_open(self, label: str) -> None:
         """A data channel the server opened is open."""
 
@@ -153,6 +156,8 @@ class SfuBridge:
                 handler.on_closed(event.reason)
             elif event.kind == "track_published":
                 handler.on_track_published(event)
+            elif event.kind == "layer_switched":
+                handler.on_layer_switched(event)
             elif event.kind == "channel_open":
                 handler.on_channel_open(event.label or "")
             elif event.kind == "channel_data":

@@ -93,6 +93,11 @@ class ConnectRequest:
     metadata: Any = ABSENT
     signaling_notify_metadata: Any = ABSENT
     simulcast: bool = False
+    simulcast_rid: str | None = None
+    """The layer this receiver wants from simulcast senders (``simulcast_request_rid``,
+    else ``simulcast_rid``): ``none``, ``r0``, ``r1`` or ``r2``; None: the server's default."""
+    simulcast_encodings: tuple[dict[str, Any], ...] | None = None
+    """Encodings for this simulcast publisher (auth payout ``simulcast_encodings``)."""
     spotlight: bool = False
     data_channel_signaling: bool = False
     ignore_disconnect_websocket: bool = False
@@ -321,8 +326,9 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
     )
 
     simulcast = bool(_opt_bool(msg, "simulcast"))
-    _opt_enum(msg, "simulcast_rid", SIMULCAST_RIDS)
-    _opt_enum(msg, "simulcast_request_rid", REQUEST_RIDS)
+    simulcast_rid = _opt_enum(msg, "simulcast_rid", SIMULCAST_RIDS)
+    # The newer field wins when a client sends both.
+    simulcast_rid = _opt_enum(msg, "simulcast_request_rid", REQUEST_RIDS) or simulcast_rid
     spotlight = bool(_opt_bool(msg, "spotlight"))
     _opt_int(msg, "spotlight_number", 1, 8)
     for rid_field in ("spotlight_focus_rid", "spotlight_unfocus_rid"):
@@ -348,7 +354,6 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
     ignored = tuple(
         name
         for name, wanted in (
-            ("simulcast", simulcast),
             ("spotlight", spotlight),
             ("forwarding_filters", "forwarding_filters" in msg or "forwarding_filter" in msg),
         )
@@ -370,6 +375,7 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
         metadata=msg.get("metadata", ABSENT),
         signaling_notify_metadata=msg.get("signaling_notify_metadata", ABSENT),
         simulcast=simulcast,
+        simulcast_rid=simulcast_rid,
         spotlight=spotlight,
         data_channel_signaling=data_channel_signaling,
         ignore_disconnect_websocket=ignore_disconnect_websocket,

@@ -32,7 +32,7 @@ docstring. In short:
   transformer (sora-sdk: on libwebrtc's threads).
 * ``SoraVAD`` runs the Silero model (:class:`hibiki.VAD`) instead of
   libwebrtc's RNN VAD: the same 0..1 speech probability, different numbers.
-* Accepted and ignored with a ``UserWarning`` when set: simulcast and
+* Accepted and ignored with a ``UserWarning`` when set:
   spotlight options, forwarding filters, TLS client certificates, proxy
   credentials.
 * Callbacks run on one SDK thread (``hibiki-callbacks``), in order; media

@@ -1,0 +1,231 @@
+"""Simulcast through a real ``hibiki serve``: publishers send r0/r1/r2, the SFU forwards one layer per receiver.
+
+Publishers draw the counter test pattern (``hibiki.media.testsrc``) at
+1280x720, so each layer has its own size (r0 320x180, r1 640x360, r2
+1280x720) and every received picture says which layer and which frame it is.
+Peers: Hibiki SDK clients and the official sora-sdk (libwebrtc) client.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import hibiki
+import httpx
+import numpy as np
+import pytest
+from conftest import ServerProcess, new_channel_id, wait_until
+from hibiki.media.testsrc import pattern_intact, read_counter, test_pattern
+
+WIDTH, HEIGHT, FPS = 1280, 720, 15
+SIZES = {"r0": (320, 180), "r1": (640, 360), "r2": (1280, 720)}
+
+
+class Frames:
+    """Every picture a VideoSink delivers: (arrival, counter, intact, size)."""
+
+    def __init__(self, track: hibiki.MediaTrack) -> None:
+        self.track = track
+        self.lock = threading.Lock()
+        self.frames: list[tuple[float, int | None, bool, tuple[int, int]]] = []
+        self.sink = hibiki.VideoSink(track)
+        self.sink.on_frame = self.on_frame
+
+    def on_frame(self, frame: hibiki.VideoFrame) -> None:
+        bgr = frame.data()
+        counter = read_counter(bgr)
+        intact = counter is not None and layer_intact(bgr, counter)
+        with self.lock:
+            self.frames.append((time.monotonic(), counter, intact, (frame.width, frame.height)))
+
+    def snapshot(self, since: int = 0) -> list[tuple[float, int | None, bool, tuple[int, int]]]:
+        with self.lock:
+            return list(self.frames[since:])
+
+    def count(self, size: tuple[int, int] | None = None, since: int = 0) -> int:
+        return sum(1 for f in self.snapshot(since) if size is None or f[3] == size)
+
+
+def layer_intact(bgr: np.ndarray, counter: int) -> bool:
+    """Whether a received picture is the publisher's picture ``counter``, scaled down to its size.
+
+    ``pattern_intact`` draws the pattern at the picture's own size, which is
+    not what a downscaled 720p picture looks like; compare with the 720p
+    picture averaged over blocks instead (what the encoder's scaler does,
+    give or take its filter).
+    """
+    h, w = bgr.shape[:2]
+    if (w, h) == (WIDTH, HEIGHT):
+        return pattern_intact(bgr, counter)
+    f = WIDTH // w
+    expected = test_pattern(counter, WIDTH, HEIGHT).reshape(h, f, w, f, 3).mean(axis=(1, 3))
+    return float(np.abs(expected - bgr).mean()) < 20.0
+
+
+def check_layer(frames: list[tuple[float, int | None, bool, tuple[int, int]]], rid: str) -> None:
+    """All pictures of layer ``rid``'s size, counters readable and rising, pictures intact."""
+    assert frames, f"no {rid} pictures"
+    sizes = {f[3] for f in frames}
+    assert sizes == {SIZES[rid]}, f"{rid}: sizes {sizes}"
+    counters = [c for _, c, _, _ in frames if c is not None]
+    assert len(counters) >= 0.9 * len(frames), f"{rid}: unreadable counters {[f[1] for f in frames]}"
+    assert all(b > a for a, b in itertools.pairwise(counters)), f"{rid}: counters {counters}"
+    intact = sum(1 for f in frames if f[2])
+    assert intact >= 0.9 * len(frames), f"{rid}: only {intact}/{len(frames)} pictures intact"
+
+
+class Camera:
+    """Feeds a VideoSource with the counter pattern at FPS, in real time."""
+
+    def __init__(self, source: hibiki.VideoSource, counter_base: int = 0) -> None:
+        self.source = source
+        self.counter = counter_base
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def run(self) -> None:
+        next_at = time.monotonic()
+        while not self.stop.is_set():
+            self.source.on_captured(test_pattern(self.counter, WIDTH, HEIGHT))
+            self.counter += 1
+            next_at += 1.0 / FPS
+            self.stop.wait(max(0.0, next_at - time.monotonic()))
+
+    def __enter__(self) -> Camera:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+@contextmanager
+def simulcast_publisher(server: ServerProcess, channel: str, **kwargs: Any) -> Iterator[hibiki.Connection]:
+    sdk = hibiki.Hibiki()
+    video = sdk.create_video_source()
+    pub = sdk.create_connection([server.signaling_url], "sendonly", channel, video_source=video, audio=False,
+                                simulcast=True, video_bit_rate=2500, **kwargs)
+    pub.connect()
+    try:
+        with Camera(video, counter_base=1000):
+            yield pub
+    finally:
+        pub.disconnect()
+
+
+def receiver(server: ServerProcess, channel: str, **kwargs: Any) -> tuple[hibiki.Connection, list[Frames]]:
+    conn = hibiki.Hibiki().create_connection([server.signaling_url], "recvonly", channel, audio=False, **kwargs)
+    logs: list[Frames] = []
+    conn.on_track = lambda track: logs.append(Frames(track)) if track.kind == "video" else None
+    conn.connect()
+    return conn, logs
+
+
+def test_each_receiver_gets_the_layer_it_asked_for(server: ServerProcess) -> None:
+    channel = new_channel_id()
+    with simulcast_publisher(server, channel) as pub:
+        stats = {c["rid"]: c for c in pub.video_source.send_counters()}  # type: ignore[union-attr]
+        assert set(stats) == {"r0", "r1", "r2"}, "three layers encoded from one source"
+        assert [stats[r]["scale"] for r in ("r0", "r1", "r2")] == [4.0, 2.0, 1.0]
+        receivers = {rid: receiver(server, channel, simulcast_rid=rid) for rid in ("r0", "r1")}
+        receivers["default"] = receiver(server, channel)
+        try:
+            for rid, (_, logs) in receivers.items():
+                wait_until(lambda logs=logs: bool(logs) and logs[0].count() >= 20, 20, f"20 pictures at {rid}")
+            for rid, (conn, logs) in receivers.items():
+                layer = "r2" if rid == "default" else rid
+                check_layer(logs[0].snapshot(), layer)
+                assert logs[0].track.decode_errors == 0
+                assert logs[0].track.stream_id == pub.connection_id
+            listed = httpx.post(server.url + "/api", headers={"x-sora-target": "Sora_20201013.ListChannelConnections"},
+                                json={"channel_id": channel}, timeout=5).json()
+            assert {c["connection_id"]: c["simulcast"] for c in listed}[pub.connection_id] is True
+        finally:
+            for conn, _ in receivers.values():
+                conn.disconnect()
+
+
+def test_switching_mid_stream_r0_r2_r1(server: ServerProcess) -> None:
+    """RPC from the SDK switches layers at keyframes: no decode error, no freeze past a keyframe interval."""
+    channel = new_channel_id()
+    with simulcast_publisher(server, channel):
+        conn, logs = receiver(server, channel, simulcast_rid="r0", data_channel_signaling=True)
+        try:
+            wait_until(lambda: bool(logs) and logs[0].count(SIZES["r0"]) >= 10, 20, "r0 pictures")
+            log = logs[0]
+            track = log.track
+            wait_until(lambda: track.simulcast_rid == "r0", 5, "simulcast.switched to r0")
+            start = len(log.snapshot())
+            for rid in ("r2", "r1"):
+                mark = len(log.snapshot())
+                track.request_simulcast_rid(rid)
+                wait_until(lambda rid=rid, mark=mark: log.count(SIZES[rid], since=mark) >= 15, 15, f"{rid} pictures")
+                assert track.simulcast_rid == rid
+            frames = log.snapshot(start)
+            # The layers in order, each switch once: r0 ... r2 ... r1 ...
+            order = [rid for rid, _ in itertools.groupby(
+                next(r for r, s in SIZES.items() if s == f[3]) for f in frames)]
+            assert order in (["r0", "r2", "r1"], ["r2", "r1"]), order
+            counters = [c for _, c, _, _ in frames if c is not None]
+            # One continuous stream: the new layer's first picture may show the
+            # same instant as the old layer's last.
+            assert all(b >= a for a, b in itertools.pairwise(counters)), counters
+            gaps = [b[0] - a[0] for a, b in itertools.pairwise(frames)]
+            assert max(gaps) < 1.0, f"a freeze of {max(gaps):.2f} s during the switches"
+            assert track.decode_errors == 0
+            assert sum(1 for f in frames if f[2]) >= 0.9 * len(frames)
+            # The server refuses what it cannot do, through the same RPC.
+            with pytest.raises(hibiki.HibikiError, match="no connection"):
+                conn.request_simulcast_rid("r0", "NOSUCHCONNECTION0000000000")
+        finally:
+            conn.disconnect()
+
+
+def test_http_api_switches_and_paused_layers_fall_back(server: ServerProcess) -> None:
+    channel = new_channel_id()
+    with simulcast_publisher(server, channel) as pub:
+        conn, logs = receiver(server, channel)
+        notifies: list[str] = []
+        conn.on_notify = notifies.append
+
+        def api(target: str, **body: Any) -> httpx.Response:
+            return httpx.post(server.url + "/api", headers={"x-sora-target": target},
+                              json={"channel_id": channel, **body}, timeout=5)
+
+        try:
+            wait_until(lambda: bool(logs) and logs[0].count(SIZES["r2"]) >= 10, 20, "r2 pictures")
+            log = logs[0]
+            mark = len(log.snapshot())
+            r = api("Sora_20251217.RequestSimulcastRid", receiver_connection_id=conn.connection_id, rid="r1",
+                    sender_connection_id=pub.connection_id)
+            assert r.status_code == 200, r.text
+            wait_until(lambda: log.count(SIZES["r1"], since=mark) >= 10, 15, "r1 pictures after the API call")
+            wait_until(lambda: any('"current_rid":"r1"' in n.replace(" ", "") for n in notifies), 5,
+                       "simulcast.switched notify")
+            bad = api("Sora_20251217.RequestSimulcastRid", receiver_connection_id=conn.connection_id, rid="r9")
+            assert bad.status_code == 400 and "rid" in bad.json()["detail"]
+            missing = api("Sora_20251217.RequestSimulcastRid", receiver_connection_id="NOPE", rid="r0")
+            assert missing.status_code == 404
+
+            r = api("Sora_20201005.ResetRtpStream", recv_connection_id=conn.connection_id)
+            assert r.status_code == 200, r.text
+            mark = len(log.snapshot())
+            wait_until(lambda: log.count(SIZES["r2"], since=mark) >= 10, 15, "back to r2 after ResetRtpStream")
+
+            # The publisher pauses r2 (as libwebrtc does when short of bandwidth):
+            # the receiver falls back to r1, and comes back when r2 resumes.
+            pub.set_simulcast_active("r2", False)
+            mark = len(log.snapshot())
+            wait_until(lambda: log.count(SIZES["r1"], since=mark) >= 10, 15, "fallback to r1 while r2 is paused")
+            pub.set_simulcast_active("r2", True)
+            mark = len(log.snapshot())
+            wait_until(lambda: log.count(SIZES["r2"], since=mark) >= 10, 15, "r2 again once it resumes")
+            assert log.track.decode_errors == 0
+        finally:
+            conn.disconnect()
