@@ -122,6 +122,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0, help="hard limit on the whole run")
     p.add_argument("--e2ee-key", help="encrypt/decrypt media with this AES key (hex), see hibiki.client.e2ee")
     p.add_argument("--data-channel-signaling", action="store_true")
+    p.add_argument("--simulcast", action="store_true", help="connect with simulcast: true")
+    p.add_argument("--simulcast-rid", help="the layer to receive from simulcast senders (r0, r1, r2)")
+    p.add_argument("--video-bit-rate", type=int, help="video.bit_rate in kbps")
     p.add_argument("--ignore-disconnect-websocket", choices=["true", "false"])
     p.add_argument(
         "--data-channel",
@@ -167,6 +170,12 @@ class Peer:
                 kwargs[name] = value
         if args.data_channel_signaling:
             kwargs["data_channel_signaling"] = True
+        if args.simulcast:
+            kwargs["simulcast"] = True
+        if args.simulcast_rid:
+            kwargs["simulcast_rid"] = args.simulcast_rid
+        if args.video_bit_rate:
+            kwargs["video_bit_rate"] = args.video_bit_rate
         if args.ignore_disconnect_websocket is not None:
             kwargs["ignore_disconnect_websocket"] = args.ignore_disconnect_websocket == "true"
         if args.data_channel:
