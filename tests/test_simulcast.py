@@ -9,9 +9,10 @@ Peers: Hibiki SDK clients and the official sora-sdk (libwebrtc) client.
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from conftest import ServerProcess, new_channel_id, wait_until
 from hibiki.media.testsrc import pattern_intact, read_counter, test_pattern
+from relay import media_relay
 from sora_clients.harness import SoraPeer
 
 WIDTH, HEIGHT, FPS = 1280, 720, 15
@@ -93,18 +95,32 @@ def check_layer(frames: list[tuple[float, int | None, bool, tuple[int, int]]], r
 
 
 class Camera:
-    """Feeds a VideoSource with the counter pattern at FPS, in real time."""
+    """Feeds a VideoSource with the counter pattern at FPS, in real time.
 
-    def __init__(self, source: hibiki.VideoSource, counter_base: int = 0) -> None:
+    ``noise`` adds +-6 of sensor-like noise, which makes the encoder spend
+    its whole bit rate (the plain pattern compresses to a fraction of it):
+    what a camera does, and what bandwidth tests need.
+    """
+
+    def __init__(self, source: hibiki.VideoSource, counter_base: int = 0, noise: bool = False) -> None:
         self.source = source
         self.counter = counter_base
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
+        rng = np.random.default_rng(7)
+        self.noise = [rng.integers(-6, 7, (HEIGHT, WIDTH, 3), dtype=np.int16) for _ in range(8)] if noise else []
+
+    def picture(self) -> np.ndarray:
+        picture = test_pattern(self.counter, WIDTH, HEIGHT)
+        if self.noise:
+            noisy = picture.astype(np.int16) + self.noise[self.counter % len(self.noise)]
+            picture = np.clip(noisy, 0, 255).astype(np.uint8)
+        return picture
 
     def run(self) -> None:
         next_at = time.monotonic()
         while not self.stop.is_set():
-            self.source.on_captured(test_pattern(self.counter, WIDTH, HEIGHT))
+            self.source.on_captured(self.picture())
             self.counter += 1
             next_at += 1.0 / FPS
             self.stop.wait(max(0.0, next_at - time.monotonic()))
@@ -119,14 +135,15 @@ class Camera:
 
 
 @contextmanager
-def simulcast_publisher(server: ServerProcess, channel: str, **kwargs: Any) -> Iterator[hibiki.Connection]:
+def simulcast_publisher(server: ServerProcess, channel: str, noise: bool = False,
+                        **kwargs: Any) -> Iterator[hibiki.Connection]:
     sdk = hibiki.Hibiki()
     video = sdk.create_video_source()
     pub = sdk.create_connection([server.signaling_url], "sendonly", channel, video_source=video, audio=False,
                                 simulcast=True, video_bit_rate=2500, **kwargs)
     pub.connect()
     try:
-        with Camera(video, counter_base=1000):
+        with Camera(video, counter_base=1000, noise=noise):
             yield pub
     finally:
         pub.disconnect()
@@ -295,3 +312,50 @@ def test_sora_sdk_receiver_with_simulcast_rid(server: ServerProcess) -> None:
         assert switched and switched[-1]["current_rid"] == "r1"
         assert sub.disconnect()["code"] == "CLOSE_SUCCEEDED"
         sub.assert_clean_exit()
+
+
+# -- bandwidth -----------------------------------------------------------------------------------
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def layer_of(size: tuple[int, int]) -> str | None:
+    return next((rid for rid, s in SIZES.items() if same_layer(size, s)), None)
+
+
+def test_bandwidth_cap_moves_a_receiver_down_and_back_up(server_factory: Callable[..., ServerProcess]) -> None:
+    """Behind a capped link (user-space relay) the receiver settles on a lower layer, and climbs back after."""
+    port = free_udp_port()
+    server = server_factory("--public-ip", "127.0.0.2", "--rtc-port", str(port))
+    channel = new_channel_id()
+    with media_relay(port) as relay, simulcast_publisher(server, channel, noise=True):
+        # simulcast=True: the server estimates this receiver's bandwidth (TWCC).
+        conn, logs = receiver(server, channel, simulcast=True)
+        try:
+            wait_until(lambda: bool(logs) and logs[0].count(SIZES["r2"]) >= 15, 20, "r2 pictures before the cap")
+            log = logs[0]
+            relay.down.rate_bps = 800_000  # under r2 (about 1.8 Mbit/s), over r1 (about 0.5)
+            capped_at = time.monotonic()
+            wait_until(lambda: any(f[0] > capped_at and layer_of(f[3]) in ("r0", "r1") for f in log.snapshot()),
+                       5, "a lower layer within 5 s of the cap")
+            settled_at = next(f[0] for f in log.snapshot() if f[0] > capped_at and layer_of(f[3]) != "r2")
+            time.sleep(4)  # observe: it must stay down, without flapping
+            under_cap = [layer_of(f[3]) for f in log.snapshot() if f[0] > settled_at + 1.0]
+            assert under_cap and "r2" not in under_cap, f"back on r2 under the cap: {under_cap}"
+            changes = sum(1 for a, b in itertools.pairwise(under_cap) if a != b)
+            assert changes <= 1, f"flapping under the cap: {under_cap}"
+
+            relay.down.rate_bps = None
+            lifted_at = time.monotonic()
+            wait_until(lambda: any(f[0] > lifted_at and layer_of(f[3]) == "r2" for f in log.snapshot()),
+                       10, "r2 again within 10 s of the cap lifting")
+            assert log.track.decode_errors == 0
+            print(f"down after {settled_at - capped_at:.1f} s, up after "
+                  f"{next(f[0] for f in log.snapshot() if f[0] > lifted_at and layer_of(f[3]) == 'r2') - lifted_at:.1f}"
+                  f" s; relay dropped {relay.down.dropped_queue} packets at the cap")
+        finally:
+            conn.disconnect()

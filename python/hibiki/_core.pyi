@@ -158,6 +158,7 @@ class Sfu:
         opus_params: OpusParams | None = None,
         simulcast_rids: list[str] | None = None,
         simulcast_layer: int | None = 2,
+        bandwidth_estimation: bool = False,
     ) -> CreatedConnection:
         """Create a connection in ``channel_id`` and return the server's offer.
 
@@ -171,6 +172,9 @@ class Sfu:
         layers, lowest quality first (``a=simulcast:recv`` in the offer).
         ``simulcast_layer``: the layer (index into a sender's RIDs) this
         connection receives from simulcast senders; None: no video from them.
+        ``bandwidth_estimation``: estimate the bandwidth towards the client
+        (TWCC) and cap its simulcast layers to what fits (str0m then paces
+        what it sends at the estimate).
         Raises ValueError for a duplicate id, an unknown codec or a bad data channel.
         """
     def accept_answer(self, connection_id: str, sdp: str) -> None:

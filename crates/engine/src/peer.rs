@@ -291,11 +291,19 @@ fn shared_cert() -> DtlsCert {
     .clone()
 }
 
+/// Where a subscriber's bandwidth estimate starts, kbit/s.
+const INITIAL_ESTIMATE_KBPS: u64 = 2500;
+
 /// The role a peer plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// SFU side: ICE-lite, RTP mode (forward packets without repacketizing).
     Server,
+    /// SFU side with a send-side bandwidth estimate (TWCC), for choosing
+    /// simulcast layers. str0m then paces what it sends at the estimate,
+    /// which costs keyframes some latency: only subscribers that can use
+    /// the estimate get it.
+    ServerWithEstimate,
     /// SDK side: full ICE, frame mode (whole encoded frames in and out).
     Client,
 }
@@ -343,6 +351,12 @@ impl Peer {
         }
         cfg = match role {
             Role::Server => cfg.set_ice_lite(true).set_rtp_mode(true),
+            Role::ServerWithEstimate => cfg
+                .set_ice_lite(true)
+                .set_rtp_mode(true)
+                // Loopback and LAN subscribers take a full layer at once; a
+                // smaller link is found within a second or two.
+                .enable_bwe(Some(str0m::bwe::Bitrate::kbps(INITIAL_ESTIMATE_KBPS))),
             Role::Client => cfg
                 .enable_bwe(Some(str0m::bwe::Bitrate::kbps(1500)))
                 // Our frames are small on loopback; a shorter audio reorder
@@ -667,6 +681,17 @@ impl Peer {
             temporal_index,
             spatial_index,
         }
+    }
+
+    /// The rate to keep sending at (padding fills up what media leaves, up
+    /// to the estimate) and the rate we would like to reach (the estimator
+    /// probes towards it), bit/s. Used by the SFU to climb to the next
+    /// simulcast layer.
+    pub fn set_bwe_rates(&mut self, minimum: u64, desired: u64) {
+        self.rtc.bwe().set_bitrate(
+            str0m::bwe::Bitrate::bps(minimum.min(desired)),
+            str0m::bwe::Bitrate::bps(desired),
+        );
     }
 
     /// Frame mode: the rate we would like to send at, so that the bandwidth

@@ -44,6 +44,7 @@ impl Rig {
             data_channels: Vec::new(),
             simulcast_rids: Vec::new(),
             layer_request: Some(2),
+            bandwidth_estimation: false,
         })
     }
 
@@ -249,6 +250,7 @@ fn offer_lists_the_requested_video_codec_first() {
                 data_channels: Vec::new(),
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
+                bandwidth_estimation: false,
             })
             .unwrap();
         let sdp = created.sdp;
@@ -283,6 +285,7 @@ fn opus_params_reach_the_offer_fmtp() {
                 data_channels: Vec::new(),
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
+                bandwidth_estimation: false,
             })
             .unwrap()
             .sdp;
@@ -358,6 +361,7 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
                 data_channels: chans,
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
+                bandwidth_estimation: false,
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -481,6 +485,7 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
                 data_channels: vec![spec],
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
+                bandwidth_estimation: false,
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -556,6 +561,7 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
         data_channels: Vec::new(),
         simulcast_rids: rids.clone(),
         layer_request: Some(2),
+        bandwidth_estimation: false,
     });
     let vmid = vmid.unwrap();
     let (sub_h, _, _) = rig.join_spec(ConnectionSpec {
@@ -569,6 +575,7 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
         data_channels: Vec::new(),
         simulcast_rids: Vec::new(),
         layer_request: Some(0),
+        bandwidth_estimation: false,
     });
     assert_eq!(rig.client.send_rids(pub_h, &vmid).unwrap(), rids, "the answer sends r0, r1, r2");
 

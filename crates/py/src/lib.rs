@@ -261,7 +261,7 @@ impl Sfu {
         to_py_events(py, events)
     }
 
-    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None, opus_params=None, simulcast_rids=None, simulcast_layer=Some(2)))]
+    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None, opus_params=None, simulcast_rids=None, simulcast_layer=Some(2), bandwidth_estimation=false))]
     #[allow(clippy::too_many_arguments)]
     fn create_connection(
         &mut self,
@@ -277,6 +277,7 @@ impl Sfu {
         opus_params: Option<Bound<'_, PyDict>>,
         simulcast_rids: Option<Vec<String>>,
         simulcast_layer: Option<u8>,
+        bandwidth_estimation: bool,
     ) -> PyResult<CreatedConnection> {
         let opus = opus_params
             .as_ref()
@@ -304,6 +305,7 @@ impl Sfu {
             data_channels,
             simulcast_rids: simulcast_rids.unwrap_or_default(),
             layer_request: simulcast_layer,
+            bandwidth_estimation,
         };
         let sfu = self.get_mut()?;
         let created = py

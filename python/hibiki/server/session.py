@@ -562,6 +562,9 @@ class SignalingSession:
                 opus_params=cast("OpusParams | None", req.opus_params if req.send_audio or req.recv else None),
                 simulcast_rids=list(simulcast.RIDS) if req.simulcast and req.send_video else None,
                 simulcast_layer=simulcast.layer_for(req.simulcast_rid or simulcast.DEFAULT_RID),
+                # Simulcast receivers (Sora has them connect with simulcast: true)
+                # get layers that fit their bandwidth.
+                bandwidth_estimation=req.simulcast and req.recv,
             )
         except ValueError as exc:
             raise SignalingError(str(exc) or "the SFU refused the connection") from None

@@ -50,6 +50,11 @@ pub struct Connection {
     /// no video), and per sender where it asked otherwise.
     pub layer_request: Option<Layer>,
     pub layer_overrides: HashMap<u64, Option<Layer>>,
+    /// The send-side bandwidth estimate towards this client, bit/s (only
+    /// with bandwidth estimation on).
+    pub estimate: Option<u64>,
+    /// The (minimum, desired) rates last given to the estimator.
+    pub bwe_rates: (u64, u64),
 }
 
 impl Connection {

@@ -49,6 +49,9 @@ pub struct ConnectionSpec {
     /// The simulcast layer (index into the sender's RIDs) this connection
     /// receives from every simulcast sender; None: no video from them.
     pub layer_request: Option<simulcast::Layer>,
+    /// Estimate the bandwidth towards this client (TWCC) and cap the
+    /// simulcast layers it gets to what fits.
+    pub bandwidth_estimation: bool,
 }
 
 /// A data channel of a connection and how the SFU treats its messages.

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::clock::{ClockBase, SenderReport};
 use super::connection::Connection;
-use super::simulcast::{availability, Layer};
+use super::simulcast::{availability, Layer, UP_MARGIN};
 use super::track::{Track, TrackKey};
 use super::{next_id, Command, ConnectionSpec, Created};
 use crate::demux::Demux;
@@ -41,6 +41,9 @@ const WAKER: Token = Token(1);
 /// Upper bound on a poll wait, so a shard notices shutdown even if a waker
 /// were lost.
 const MAX_WAIT: Duration = Duration::from_millis(250);
+/// How often subscribers' simulcast layers are fitted to their bandwidth
+/// estimates (besides whenever an estimate changes).
+const ALLOCATION_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Counters a shard publishes for stats and benchmarks.
 #[derive(Default, Debug)]
@@ -156,12 +159,13 @@ impl Shard {
     fn run(mut self, mut poll: Poll, commands: Receiver<Command>) {
         let mut events = Events::with_capacity(256);
         let mut buf = vec![0u8; 2048];
+        let mut next_allocation = Instant::now() + ALLOCATION_INTERVAL;
         loop {
             let now = Instant::now();
             let wait = self
                 .timers
                 .next_deadline()
-                .map(|d| d.saturating_duration_since(now))
+                .map(|d| d.min(next_allocation).saturating_duration_since(now))
                 .unwrap_or(MAX_WAIT)
                 .min(MAX_WAIT);
             if let Err(e) = poll.poll(&mut events, Some(wait)) {
@@ -190,6 +194,19 @@ impl Shard {
             let now = Instant::now();
             while let Some(id) = self.timers.pop_due(now) {
                 self.with_peer(id, |peer| peer.handle_timeout(now));
+            }
+            if now >= next_allocation {
+                // Layer rates move even when the estimate does not.
+                next_allocation = now + ALLOCATION_INTERVAL;
+                let estimated: Vec<u64> = self
+                    .conns
+                    .iter()
+                    .filter(|(_, c)| c.estimate.is_some())
+                    .map(|(id, _)| *id)
+                    .collect();
+                for id in estimated {
+                    self.allocate(id, now);
+                }
             }
             self.handle_deferred();
             self.reap();
@@ -297,8 +314,9 @@ impl Shard {
         // Only simulcast switching needs to look into payloads.
         let mut keyframe = false;
         let mut vp8 = None;
+        track.rate.add(now, pkt.payload.len());
         if let Some(l) = layer {
-            track.layers[l as usize].saw_packet(now);
+            track.layers[l as usize].saw_packet(now, pkt.payload.len());
             let codec = match track.codec {
                 Some((pt, c)) if pt == pkt.pt => Some(c),
                 _ => {
@@ -529,7 +547,80 @@ impl Shard {
                     .get_or_insert_with(|| ClockBase::new(report, received));
                 track.sender_report = Some((base, report));
             }
-            PeerEvent::Frame(_) | PeerEvent::Bitrate(_) => {}
+            PeerEvent::Bitrate(bps) => {
+                if let Some(conn) = self.conns.get_mut(&id) {
+                    debug!(conn = %conn.name, bps, "bandwidth estimate");
+                    conn.estimate = Some(bps);
+                }
+                self.allocate(id, Instant::now());
+            }
+            PeerEvent::Frame(_) => {}
+        }
+    }
+
+    /// Fit the simulcast layers a subscriber gets into its bandwidth
+    /// estimate, and tell the estimator what to probe for: the layers it
+    /// asked for (desired) and the next layer up (kept up with padding).
+    fn allocate(&mut self, id: u64, now: Instant) {
+        let tracks = &self.tracks;
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Some(estimate) = conn.estimate else {
+            return;
+        };
+        let mut fixed = 0u64;
+        let mut simulcast: Vec<Mid> = Vec::new();
+        for (mid, sub) in &conn.subscriptions {
+            match tracks.get(&sub.track) {
+                Some(t) if t.is_simulcast() => simulcast.push(*mid),
+                Some(t) if sub.active => fixed += t.rate.rate(now),
+                _ => {}
+            }
+        }
+        if simulcast.is_empty() {
+            return;
+        }
+        // Every subscription gets its lowest layer first; what is left goes
+        // to them in a stable order.
+        simulcast.sort();
+        let mut budget = estimate.saturating_sub(fixed);
+        let (mut minimum, mut desired) = (fixed, fixed);
+        for mid in simulcast {
+            let Some(sub) = conn.subscriptions.get_mut(&mid) else {
+                continue;
+            };
+            let Some(track) = tracks.get(&sub.track) else {
+                continue;
+            };
+            let rates: Vec<u64> = track.layers.iter().map(|l| l.rate.rate(now)).collect();
+            let live = availability(&track.layers, now);
+            let before = sub.selection.cap();
+            let planned = sub.selection.allocate(&rates, live, budget, now);
+            if sub.selection.cap() != before {
+                info!(conn = %conn.name, channel = %conn.channel, estimate, budget, ?rates, cap = ?sub.selection.cap(), "simulcast bandwidth cap changed");
+            }
+            let wanted = sub.selection.wanted(live);
+            let rate = |l: Option<Layer>| l.map_or(0, |l| rates[l as usize]);
+            budget = budget.saturating_sub(rate(planned));
+            // Probe for enough headroom to go up (see UP_MARGIN).
+            desired += (rate(wanted) as f64 / UP_MARGIN) as u64;
+            // Keep the next layer's rate flowing (padding) so the estimate
+            // can show it fits.
+            let next = match (planned, wanted) {
+                (Some(p), Some(w)) if p < w => Some(p + 1),
+                (p, _) => p,
+            };
+            minimum += rate(next);
+        }
+        let (old_min, old_desired) = conn.bwe_rates;
+        let moved = |a: u64, b: u64| a.abs_diff(b) * 10 > b.max(1);
+        if moved(minimum, old_min) || moved(desired, old_desired) {
+            conn.bwe_rates = (minimum, desired);
+            self.with_peer(id, |peer| {
+                peer.set_bwe_rates(minimum, desired);
+                Ok(())
+            });
         }
     }
 
@@ -767,8 +858,13 @@ impl Shard {
         while self.demux.has_ufrag(&ufrag) {
             ufrag = random_token(8);
         }
+        let role = if spec.bandwidth_estimation {
+            Role::ServerWithEstimate
+        } else {
+            Role::Server
+        };
         let mut peer = Peer::new(
-            Role::Server,
+            role,
             now,
             Some(&ufrag),
             Some(&spec.video_codec),
@@ -833,6 +929,8 @@ impl Shard {
             simulcast_rids: spec.simulcast_rids.clone(),
             layer_request: spec.layer_request,
             layer_overrides: HashMap::new(),
+            estimate: None,
+            bwe_rates: (0, 0),
         };
         for (i, change) in changes.iter().enumerate().take(upstream_count) {
             if let (OfferChange::AddRecv { kind, .. }, Some(mid)) = (change, mids[i]) {

@@ -11,6 +11,13 @@
 //! sees a delta frame it has no reference for; until then the old layer
 //! keeps flowing.
 //!
+//! Bandwidth: [`Selection::allocate`] caps a subscription to the highest
+//! layer that fits the subscriber's send-side estimate (TWCC), measured per
+//! layer with a [`RateMeter`]. Going down happens at once; going up needs
+//! the next layer to fit with a margin and the last change to be a few
+//! seconds old, so that an estimate hovering near a layer's rate does not
+//! make the picture flap between sizes.
+//!
 //! VP8 carries its own frame numbering (PictureID, TL0PICIDX), which
 //! differs per layer; [`Vp8Numbering`] rewrites it so that the subscriber
 //! sees one continuous sequence, as [`crate::rewrite::Rewriter`] does for
@@ -63,6 +70,12 @@ pub struct Decision {
     pub want_keyframe: Option<Layer>,
 }
 
+/// Going up a layer needs its rate to fit in this share of the estimate.
+pub const UP_MARGIN: f64 = 0.85;
+
+/// After a change of the bandwidth cap, wait this long before going up.
+pub const UP_HOLD: Duration = Duration::from_secs(3);
+
 /// Layer selection state of one subscription to a simulcast track.
 #[derive(Debug, Clone)]
 pub struct Selection {
@@ -70,6 +83,12 @@ pub struct Selection {
     request: Option<Layer>,
     /// The highest layer its bandwidth allows; None: no limit.
     cap: Option<Layer>,
+    /// When `cap` last changed.
+    cap_changed: Option<Instant>,
+    /// The bandwidth cap fell below the layer being forwarded: stop sending
+    /// it now rather than pile more of it up in front of a link that cannot
+    /// carry it, and wait for the lower layer's keyframe.
+    cut: bool,
     /// The layer being forwarded.
     current: Option<Layer>,
 }
@@ -80,6 +99,8 @@ impl Selection {
         Selection {
             request,
             cap: None,
+            cap_changed: None,
+            cut: false,
             current: None,
         }
     }
@@ -102,6 +123,51 @@ impl Selection {
 
     pub fn set_cap(&mut self, cap: Option<Layer>) {
         self.cap = cap;
+    }
+
+    /// The layer to plan bandwidth for: the target without a bandwidth cap.
+    pub fn wanted(&self, live: Availability) -> Option<Layer> {
+        choose(self.request, live)
+    }
+
+    /// Apply a bandwidth `budget` (bit/s) given each layer's measured
+    /// `rates` (0: unknown). Returns the layer planned for (whose rate the
+    /// budget must then carry), None when nothing is forwarded.
+    pub fn allocate(&mut self, rates: &[u64], live: Availability, budget: u64, now: Instant) -> Option<Layer> {
+        let want = self.wanted(live)?;
+        let rate = |l: Layer| rates.get(l as usize).copied().unwrap_or(0);
+        let fits = |l: Layer, share: f64| rate(l) as f64 <= budget as f64 * share;
+        let mut planned = self.cap.map_or(want, |c| c.min(want));
+        if !live.has(planned) {
+            planned = choose(Some(planned), live).unwrap_or(want);
+        }
+        let held = self
+            .cap_changed
+            .is_some_and(|t| now.saturating_duration_since(t) < UP_HOLD);
+        // Up as far as fits, in one step.
+        let next = (planned + 1..=want)
+            .rev()
+            .find(|l| live.has(*l) && fits(*l, UP_MARGIN));
+        let new = if !fits(planned, 1.0) {
+            // Down at once, to the best live layer that fits (or the lowest).
+            (0..planned)
+                .rev()
+                .find(|l| live.has(*l) && fits(*l, 1.0))
+                .or_else(|| (0..planned).find(|l| live.has(*l)))
+                .unwrap_or(planned)
+        } else {
+            match next {
+                Some(n) if !held => n,
+                _ => planned,
+            }
+        };
+        let cap = (new < want).then_some(new);
+        if cap != self.cap {
+            self.cap = cap;
+            self.cap_changed = Some(now);
+            self.cut = self.current.is_some_and(|c| c > new);
+        }
+        Some(new)
     }
 
     /// The layer this subscription should be on now.
@@ -128,6 +194,7 @@ impl Selection {
         if target == Some(layer) && keyframe {
             d.switched = Some((self.current, layer));
             self.current = Some(layer);
+            self.cut = false;
             d.forward = true;
             return d;
         }
@@ -137,7 +204,7 @@ impl Selection {
             return d;
         }
         d.want_keyframe = target;
-        d.forward = self.current == Some(layer);
+        d.forward = self.current == Some(layer) && !self.cut;
         d
     }
 }
@@ -210,19 +277,58 @@ impl Vp8Numbering {
     }
 }
 
+/// Measures a stream's bit rate over windows of about a second, smoothed.
+#[derive(Debug, Clone, Default)]
+pub struct RateMeter {
+    window_start: Option<Instant>,
+    bytes: u64,
+    rate: u64,
+}
+
+const RATE_WINDOW: Duration = Duration::from_millis(1000);
+
+impl RateMeter {
+    pub fn add(&mut self, now: Instant, bytes: usize) {
+        let start = *self.window_start.get_or_insert(now);
+        self.bytes += bytes as u64;
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed >= RATE_WINDOW {
+            let measured = (self.bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+            // Keyframes make single windows jumpy; average with the last.
+            self.rate = if self.rate == 0 {
+                measured
+            } else {
+                (self.rate + measured) / 2
+            };
+            self.window_start = Some(now);
+            self.bytes = 0;
+        }
+    }
+
+    /// Bits per second; 0 until a window has passed, or after a second of silence.
+    pub fn rate(&self, now: Instant) -> u64 {
+        match self.window_start {
+            Some(t) if now.saturating_duration_since(t) < RATE_WINDOW * 2 => self.rate,
+            _ => 0,
+        }
+    }
+}
+
 /// Per-layer facts a track keeps about its publisher's streams.
 #[derive(Debug, Clone, Default)]
 pub struct LayerStats {
     last_packet: Option<Instant>,
     last_keyframe_request: Option<Instant>,
+    pub rate: RateMeter,
 }
 
 /// Keyframe requests for one layer are throttled like a whole track's.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(300);
 
 impl LayerStats {
-    pub fn saw_packet(&mut self, now: Instant) {
+    pub fn saw_packet(&mut self, now: Instant, bytes: usize) {
         self.last_packet = Some(now);
+        self.rate.add(now, bytes);
     }
 
     pub fn live(&self, now: Instant) -> bool {
@@ -355,8 +461,8 @@ mod tests {
     fn layers_go_paused_after_a_second() {
         let t0 = Instant::now();
         let mut layers = vec![LayerStats::default(); 3];
-        layers[0].saw_packet(t0);
-        layers[2].saw_packet(t0 + Duration::from_millis(900));
+        layers[0].saw_packet(t0, 100);
+        layers[2].saw_packet(t0 + Duration::from_millis(900), 100);
         assert_eq!(
             availability(&layers, t0 + Duration::from_millis(950)),
             Availability(0b101)
@@ -367,5 +473,95 @@ mod tests {
         );
         assert!(layers[1].allow_keyframe_request(t0));
         assert!(!layers[1].allow_keyframe_request(t0 + Duration::from_millis(100)));
+    }
+}
+
+#[cfg(test)]
+mod bandwidth_tests {
+    use super::*;
+
+    const ALL: Availability = Availability(0b111);
+    const RATES: [u64; 3] = [150_000, 500_000, 1_500_000];
+
+    #[test]
+    fn down_at_once_up_with_margin_and_hold() {
+        let t0 = Instant::now();
+        let mut s = Selection::new(Some(2));
+        assert_eq!(s.allocate(&RATES, ALL, 3_000_000, t0), Some(2));
+        assert_eq!(s.cap(), None);
+        // The estimate drops under r2's rate: straight to r1.
+        assert_eq!(s.allocate(&RATES, ALL, 800_000, t0), Some(1));
+        assert_eq!(s.cap(), Some(1));
+        // And under r1's: to r0, which is kept even when it does not fit.
+        assert_eq!(s.allocate(&RATES, ALL, 100_000, t0), Some(0));
+        // Room again, but within the hold: stay.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!(s.allocate(&RATES, ALL, 3_000_000, t1), Some(0));
+        // After the hold: as far up as fits, in one step.
+        let t2 = t0 + Duration::from_secs(4);
+        assert_eq!(s.allocate(&RATES, ALL, 1_000_000, t2), Some(1));
+        let t3 = t2 + Duration::from_secs(4);
+        assert_eq!(s.allocate(&RATES, ALL, 3_000_000, t3), Some(2));
+        assert_eq!(s.cap(), None);
+    }
+
+    #[test]
+    fn up_needs_the_margin() {
+        let t0 = Instant::now();
+        let mut s = Selection::new(Some(2));
+        s.allocate(&RATES, ALL, 1_000_000, t0);
+        assert_eq!(s.cap(), Some(1));
+        let later = t0 + Duration::from_secs(10);
+        // 1.6 Mbit/s carries r2 (1.5) but not with the 15 % margin: no flapping.
+        assert_eq!(s.allocate(&RATES, ALL, 1_600_000, later), Some(1));
+        assert_eq!(s.allocate(&RATES, ALL, 1_800_000, later), Some(2));
+    }
+
+    #[test]
+    fn the_cap_limits_the_target_and_respects_the_request() {
+        let t0 = Instant::now();
+        let mut s = Selection::new(Some(1));
+        assert_eq!(s.allocate(&RATES, ALL, 10_000_000, t0), Some(1));
+        assert_eq!(s.target(ALL), Some(1), "never above the request");
+        s.set_request(Some(2));
+        s.allocate(&RATES, ALL, 400_000, t0);
+        assert_eq!(s.target(ALL), Some(0));
+        s.set_request(None);
+        assert_eq!(s.allocate(&RATES, ALL, 400_000, t0), None);
+    }
+
+    #[test]
+    fn rate_meter_measures_per_second() {
+        let t0 = Instant::now();
+        let mut m = RateMeter::default();
+        for i in 0..=100u64 {
+            m.add(t0 + Duration::from_millis(i * 10), 1250); // 1 Mbit/s
+        }
+        let r = m.rate(t0 + Duration::from_millis(1000));
+        assert!((950_000..=1_050_000).contains(&r), "{r}");
+        assert_eq!(m.rate(t0 + Duration::from_secs(5)), 0, "silence reads as nothing");
+    }
+}
+
+#[cfg(test)]
+mod cut_tests {
+    use super::*;
+
+    #[test]
+    fn a_bandwidth_downswitch_stops_the_old_layer_at_once() {
+        let t0 = Instant::now();
+        let all = Availability(0b111);
+        let rates = [150_000, 500_000, 1_500_000];
+        let mut s = Selection::new(Some(2));
+        s.on_packet(2, true, all);
+        s.allocate(&rates, all, 800_000, t0);
+        // r2 no longer fits: nothing more of it while r1's keyframe is awaited.
+        let d = s.on_packet(2, false, all);
+        assert!(!d.forward);
+        assert_eq!(d.want_keyframe, Some(1));
+        assert!(s.on_packet(1, true, all).forward);
+        // A requested switch (not bandwidth) keeps the old layer until then.
+        s.set_request(Some(0));
+        assert!(s.on_packet(1, false, all).forward);
     }
 }

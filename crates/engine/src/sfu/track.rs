@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use super::clock::{ClockBase, SenderReport};
-use super::simulcast::{Layer, LayerStats};
+use super::simulcast::{Layer, LayerStats, RateMeter};
 use crate::peer::{Kind, Mid, Rid};
 
 /// A track is identified by its publisher and the publisher's m-line.
@@ -30,6 +30,8 @@ pub struct Track {
     /// The codec of the last packet's payload type (learned on the first
     /// packet and when the payload type changes).
     pub codec: Option<(u8, &'static str)>,
+    /// What the track carries (all layers), for bandwidth allocation.
+    pub rate: RateMeter,
 }
 
 impl Track {
@@ -44,6 +46,7 @@ impl Track {
             rids: Vec::new(),
             layers: Vec::new(),
             codec: None,
+            rate: RateMeter::default(),
         }
     }
 
