@@ -461,10 +461,10 @@ def test_codec_capability_reports_what_ffmpeg_can_do() -> None:
 def test_ignored_arguments_warn_at_the_callers_line() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        compat.Sora().create_connection(["ws://127.0.0.1:9/signaling"], "recvonly", "x", spotlight=True,
-                                        simulcast=True)
+        compat.Sora().create_connection(["ws://127.0.0.1:9/signaling"], "recvonly", "x", insecure=True,
+                                        simulcast=True, spotlight=True)
     (warning,) = caught
-    assert "spotlight" in str(warning.message) and warning.filename == __file__
+    assert "insecure" in str(warning.message) and warning.filename == __file__
 
 
 def test_logging_switches() -> None:

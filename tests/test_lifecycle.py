@@ -170,8 +170,10 @@ def test_bad_arguments_raise_before_connecting() -> None:
         sdk.create_connection([], "recvonly", "room")
     with pytest.raises(ValueError, match="ws://"):
         sdk.create_connection(["http://127.0.0.1/signaling"], "recvonly", "room")
-    with pytest.warns(UserWarning, match="spotlight"):
-        sdk.create_connection(["ws://127.0.0.1:1/signaling"], "recvonly", "room", spotlight=True)
+    with pytest.warns(UserWarning, match="forwarding_filters"):
+        sdk.create_connection(["ws://127.0.0.1:1/signaling"], "recvonly", "room", forwarding_filters=[{}])
+    with pytest.raises(ValueError, match="needs spotlight=True"):
+        sdk.create_connection(["ws://127.0.0.1:1/signaling"], "recvonly", "room", spotlight_focus_rid="r1")
     with pytest.raises(ValueError, match="simulcast_rid"):
         sdk.create_connection(["ws://127.0.0.1:1/signaling"], "recvonly", "room", simulcast_rid="r7")
 

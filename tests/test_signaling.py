@@ -64,7 +64,7 @@ def assert_offer_types(offer: dict[str, Any]) -> None:
     assert set(offer["mid"]) <= {"audio", "video"}
     assert all(isinstance(v, str) for v in offer["mid"].values())
     assert offer["multistream"] is True
-    assert offer["spotlight"] is False
+    assert isinstance(offer["spotlight"], bool)
     assert isinstance(offer["simulcast"], bool)
     if offer["simulcast"]:
         # libwebrtc ignores encodings whose rids differ from the SDP's (§8).
@@ -201,8 +201,8 @@ def test_client_and_bundle_id_are_echoed(server: ServerProcess) -> None:
     assert offer["connection_id"] not in ("alice", "bundle-1")
 
 
-def test_unsupported_features_are_answered_as_off(server: ServerProcess) -> None:
-    """spotlight is not implemented yet: the offer says so; simulcast and DC signaling are granted."""
+def test_simulcast_spotlight_and_data_channels_are_granted(server: ServerProcess) -> None:
+    """Simulcast, spotlight and DC signaling are granted; unknown fields are ignored."""
 
     async def go() -> dict[str, Any]:
         ws, offer = await connect_and_get_offer(
@@ -225,7 +225,7 @@ def test_unsupported_features_are_answered_as_off(server: ServerProcess) -> None
 
     offer = run(go())
     assert_offer_types(offer)
-    assert offer["simulcast"] is True and offer["spotlight"] is False
+    assert offer["simulcast"] is True and offer["spotlight"] is True
     assert [e["scaleResolutionDownBy"] for e in offer["encodings"]] == [4.0, 2.0, 1.0]
     assert offer["data_channel_signaling"] is True and offer["ignore_disconnect_websocket"] is True
     labels = [d["label"] for d in offer["data_channels"]]

@@ -9,6 +9,7 @@ Peers: Hibiki SDK clients and the official sora-sdk (libwebrtc) client.
 from __future__ import annotations
 
 import itertools
+import json
 import socket
 import threading
 import time
@@ -358,4 +359,90 @@ def test_bandwidth_cap_moves_a_receiver_down_and_back_up(server_factory: Callabl
                   f"{next(f[0] for f in log.snapshot() if f[0] > lifted_at and layer_of(f[3]) == 'r2') - lifted_at:.1f}"
                   f" s; relay dropped {relay.down.dropped_queue} packets at the cap")
         finally:
+            conn.disconnect()
+
+
+# -- spotlight -------------------------------------------------------------------------------------
+
+
+SPOT_W, SPOT_H, SPOT_FPS = 640, 360, 10
+SPOT_SIZES = {"r0": (160, 90), "r2": (640, 360)}
+
+
+def test_spotlight_focuses_the_loudest_speakers(server: ServerProcess) -> None:
+    """Six speakers, spotlight_number=2: the two loudest come at r2, the rest at r0, and the focus follows."""
+    channel = new_channel_id()
+    sdk = hibiki.Hibiki()
+    speakers = []
+    for i in range(6):
+        video = sdk.create_video_source()
+        audio = sdk.create_audio_source(channels=1, sample_rate=48_000)
+        conn = sdk.create_connection([server.signaling_url], "sendonly", channel, video_source=video,
+                                     audio_source=audio, spotlight=True, video_bit_rate=600)
+        conn.connect()
+        speakers.append((conn, video, audio))
+    loud = {0, 1}
+    stop = threading.Event()
+
+    def feed() -> None:
+        """Every speaker's camera (its index in the counter) and microphone: a tone when loud, else silence."""
+        pictures = [[test_pattern(i * 10_000 + n, SPOT_W, SPOT_H) for n in range(SPOT_FPS)] for i in range(6)]
+        tone = (np.sin(np.arange(960) * 2 * np.pi * 440 / 48_000) * 12_000).astype(np.int16).reshape(-1, 1)
+        silence = np.zeros_like(tone)
+        n, next_at = 0, time.monotonic()
+        while not stop.is_set():
+            for i, (_, video, audio) in enumerate(speakers):
+                audio.on_data(tone if i in loud else silence)
+                if n % 2 == 0:  # 20 ms audio, 10 fps video
+                    video.on_captured(pictures[i][(n // 2) % SPOT_FPS])
+            n += 1
+            next_at += 0.02
+            stop.wait(max(0.0, next_at - time.monotonic()))
+
+    feeder = threading.Thread(target=feed, daemon=True)
+    feeder.start()
+    viewer = sdk.create_connection([server.signaling_url], "recvonly", channel, audio=False, spotlight=True,
+                                   spotlight_number=2)
+    sizes: dict[str, tuple[int, int]] = {}
+    lock = threading.Lock()
+
+    def on_track(track: hibiki.MediaTrack) -> None:
+        if track.kind == "video":
+            def on_frame(frame: hibiki.VideoFrame, sender: str = track.stream_id) -> None:
+                with lock:
+                    sizes[sender] = (frame.width, frame.height)
+            sink = hibiki.VideoSink(track)
+            sink.on_frame = on_frame
+            sinks.append(sink)
+
+    sinks: list[hibiki.VideoSink] = []
+    notifies: list[dict[str, Any]] = []
+    viewer.on_track = on_track
+    viewer.on_notify = lambda text: notifies.append(json.loads(text))
+    ids = [conn.connection_id for conn, _, _ in speakers]
+
+    def in_focus() -> set[int]:
+        with lock:
+            return {i for i, cid in enumerate(ids) if sizes.get(cid) == SPOT_SIZES["r2"]}
+
+    def others_low() -> bool:
+        with lock:
+            return len(sizes) == 6 and all(sizes[cid] == SPOT_SIZES["r0"] for i, cid in enumerate(ids)
+                                           if i not in loud)
+
+    try:
+        viewer.connect()
+        wait_until(lambda: in_focus() == loud and others_low(), 20, f"speakers {sorted(loud)} in focus")
+        focused = {n["connection_id"] for n in notifies if n.get("event_type") == "spotlight.focused"}
+        assert focused == {ids[i] for i in loud}
+        # Speakers 1 and 4 talk now: the focus follows.
+        loud = {1, 4}
+        wait_until(lambda: in_focus() == loud and others_low(), 20, "the focus to follow the speakers")
+        events = [(n["event_type"], n["connection_id"]) for n in notifies if n["event_type"].startswith("spotlight")]
+        assert ("spotlight.unfocused", ids[0]) in events and ("spotlight.focused", ids[4]) in events
+    finally:
+        stop.set()
+        feeder.join(5)
+        viewer.disconnect()
+        for conn, _, _ in speakers:
             conn.disconnect()

@@ -24,6 +24,8 @@ EventKind = Literal[
     "offer",  # renegotiation: send ``sdp`` to the client as a re-offer
     "track_published",  # a connection's upstream track was negotiated
     "layer_switched",  # a subscription now forwards simulcast layer ``rid`` of ``stream_id``
+    "spotlight_focused",  # the publisher ``connection`` is now one of its channel's loudest speakers
+    "spotlight_unfocused",  # ... and is no longer
     # ClientEngine only
     "track_added",  # a remote track (m-line we receive) appeared
     "track_removed",  # a remote track was stopped/removed by the server
@@ -159,6 +161,7 @@ class Sfu:
         simulcast_rids: list[str] | None = None,
         simulcast_layer: int | None = 2,
         bandwidth_estimation: bool = False,
+        spotlight: tuple[int, int | None, int | None] | None = None,
     ) -> CreatedConnection:
         """Create a connection in ``channel_id`` and return the server's offer.
 
@@ -175,6 +178,11 @@ class Sfu:
         ``bandwidth_estimation``: estimate the bandwidth towards the client
         (TWCC) and cap its simulcast layers to what fits (str0m then paces
         what it sends at the estimate).
+        ``spotlight``: ``(number, focus_layer, unfocus_layer)``: the channel
+        focuses on its ``number`` loudest speakers (RFC 6464 audio levels);
+        this connection gets their video at ``focus_layer`` and the others'
+        at ``unfocus_layer`` (None: no video). ``spotlight_focused`` /
+        ``spotlight_unfocused`` events name the publisher (``connection``).
         Raises ValueError for a duplicate id, an unknown codec or a bad data channel.
         """
     def accept_answer(self, connection_id: str, sdp: str) -> None:
@@ -221,10 +229,13 @@ class ClientEngine:
         rtp_time: int,
         capture_age: float | None = None,
         rid: str | None = None,
+        audio_level: int | None = None,
     ) -> bool:
         """Queue an encoded frame for our track ``mid``. False if not sendable yet (not connected).
 
         ``rid``: the simulcast layer the frame belongs to (see ``send_rids``).
+        ``audio_level``: audio only, the packet's level in dBov (-127 silence .. 0
+        loudest), sent in the RFC 6464 header extension (spotlight, active speaker).
 
         ``capture_age``: seconds since the frame was captured. RTCP sender reports
         then tie its RTP time to the capture instant, so receivers can line up

@@ -19,6 +19,9 @@ pub enum EventKind {
     ChannelClose,
     /// SFU: a subscription moved to another simulcast layer.
     LayerSwitched,
+    /// SFU: a publisher (`connection`) came into / went out of the spotlight.
+    SpotlightFocused,
+    SpotlightUnfocused,
 }
 
 impl EventKind {
@@ -37,6 +40,8 @@ impl EventKind {
             EventKind::ChannelData => "channel_data",
             EventKind::ChannelClose => "channel_close",
             EventKind::LayerSwitched => "layer_switched",
+            EventKind::SpotlightFocused => "spotlight_focused",
+            EventKind::SpotlightUnfocused => "spotlight_unfocused",
         }
     }
 }

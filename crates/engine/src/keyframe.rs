@@ -33,7 +33,9 @@ fn h264(p: &[u8]) -> bool {
     match b0 & 0x1f {
         IDR | SPS => true,
         STAP_A => aggregated(&p[1..], |nal| matches!(nal[0] & 0x1f, IDR | SPS)),
-        FU_A => p.get(1).is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == IDR),
+        FU_A => p
+            .get(1)
+            .is_some_and(|fu| fu & 0x80 != 0 && fu & 0x1f == IDR),
         _ => false,
     }
 }
@@ -96,7 +98,7 @@ mod tests {
         assert!(starts_keyframe("H264", &[0x65, 0x88])); // IDR
         assert!(starts_keyframe("H264", &[0x67, 0x42])); // SPS
         assert!(!starts_keyframe("H264", &[0x41, 0x9a])); // non-IDR slice
-        // STAP-A with SPS and PPS.
+                                                          // STAP-A with SPS and PPS.
         assert!(starts_keyframe(
             "H264",
             &[0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce]
@@ -135,8 +137,14 @@ mod tests {
     #[test]
     fn vp8_through_the_descriptor() {
         // X=1, S=1, PID=0; I=1; 15-bit picture id; then a keyframe header (P=0).
-        assert!(starts_keyframe("VP8", &[0x90, 0x80, 0x80, 0x01, 0x00, 0, 0]));
+        assert!(starts_keyframe(
+            "VP8",
+            &[0x90, 0x80, 0x80, 0x01, 0x00, 0, 0]
+        ));
         // Same with P=1: a delta frame.
-        assert!(!starts_keyframe("VP8", &[0x90, 0x80, 0x80, 0x01, 0x01, 0, 0]));
+        assert!(!starts_keyframe(
+            "VP8",
+            &[0x90, 0x80, 0x80, 0x01, 0x01, 0, 0]
+        ));
     }
 }

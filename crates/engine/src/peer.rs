@@ -21,9 +21,9 @@ use str0m::config::DtlsCert;
 use str0m::format::{Codec, CodecConfig, CodecExtra, PayloadParams};
 
 use crate::event::FrameMeta;
+use str0m::media::Simulcast;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime};
 use str0m::net::{Protocol, Receive};
-use str0m::media::Simulcast;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo, Vp8Descriptor};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output as RtcOutput, Rtc};
 
@@ -291,6 +291,9 @@ fn shared_cert() -> DtlsCert {
     .clone()
 }
 
+/// Above this audio level (dBov) a packet is flagged as voice.
+const VOICE_LEVEL: i8 = -50;
+
 /// Where a subscriber's bandwidth estimate starts, kbit/s.
 const INITIAL_ESTIMATE_KBPS: u64 = 2500;
 
@@ -412,13 +415,7 @@ impl Peer {
                         }
                         s
                     });
-                    Some(api.add_media(
-                        kind.to_str0m(),
-                        Direction::RecvOnly,
-                        None,
-                        None,
-                        simulcast,
-                    ))
+                    Some(api.add_media(kind.to_str0m(), Direction::RecvOnly, None, None, simulcast))
                 }
                 OfferChange::AddSend {
                     kind,
@@ -706,7 +703,9 @@ impl Peer {
     /// on `mid`, in SDP order; empty without simulcast.
     pub fn send_rids(&self, mid: Mid) -> Vec<String> {
         match self.rtc.media(mid).map(|m| m.rids_tx()) {
-            Some(str0m::media::Rids::Specific(rids)) => rids.iter().map(|r| r.to_string()).collect(),
+            Some(str0m::media::Rids::Specific(rids)) => {
+                rids.iter().map(|r| r.to_string()).collect()
+            }
             _ => Vec::new(),
         }
     }
@@ -793,7 +792,9 @@ impl Peer {
     }
 
     /// Frame mode: send one encoded frame on our sending m-line `mid`, as
-    /// simulcast layer `rid` when given.
+    /// simulcast layer `rid` when given, with its audio level (-dBov, 0
+    /// loudest) in the RFC 6464 header extension when given.
+    #[allow(clippy::too_many_arguments)]
     pub fn write_frame(
         &mut self,
         mid: Mid,
@@ -802,6 +803,7 @@ impl Peer {
         rtp_time: u64,
         wallclock: Instant,
         data: &[u8],
+        audio_level: Option<i8>,
     ) -> Result<(), String> {
         let codec = codec_from_name(codec).ok_or_else(|| format!("unknown codec {codec}"))?;
         let mut writer = self
@@ -810,6 +812,10 @@ impl Peer {
             .ok_or_else(|| format!("no sending m-line {mid}"))?;
         if let Some(rid) = rid {
             writer = writer.rid(Rid::from(rid));
+        }
+        if let Some(level) = audio_level {
+            let level = level.clamp(-127, 0);
+            writer = writer.audio_level(level, level > VOICE_LEVEL);
         }
         let params = writer
             .payload_params()

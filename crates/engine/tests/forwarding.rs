@@ -45,6 +45,7 @@ impl Rig {
             simulcast_rids: Vec::new(),
             layer_request: Some(2),
             bandwidth_estimation: false,
+            spotlight: None,
         })
     }
 
@@ -116,7 +117,7 @@ fn forwards_audio_and_video_content_intact() {
     let ok = rig.pump_until(Duration::from_secs(10), |rig| {
         let v = video_frame(n);
         rig.client
-            .write_frame(pub_h, &vmid, None, "VP8", &v, n as u64 * 3000, None);
+            .write_frame(pub_h, &vmid, None, "VP8", &v, n as u64 * 3000, None, None);
         rig.client.write_frame(
             pub_h,
             &amid,
@@ -125,6 +126,7 @@ fn forwards_audio_and_video_content_intact() {
             &[0x78, n as u8, 1, 2, 3],
             n as u64 * 960,
             None,
+            Some(-30),
         );
         n += 1;
         rig.frames_for(sub_h, "video").len() >= 30 && rig.frames_for(sub_h, "audio").len() >= 30
@@ -146,6 +148,11 @@ fn forwards_audio_and_video_content_intact() {
         }
         last = Some(num);
     }
+    // The audio level the publisher wrote survives the SFU.
+    assert!(rig
+        .frames_for(sub_h, "audio")
+        .iter()
+        .all(|f| f.frame.and_then(|m| m.audio_level) == Some(-30)));
     // Track announced with the publisher's connection id as stream id.
     let added: Vec<_> = rig
         .client_events
@@ -218,8 +225,16 @@ fn audio_keeps_flowing_after_senders_drop_the_mid_extension() {
     let mut next = Instant::now();
     let ok = rig.pump_until(Duration::from_secs(20), |rig| {
         if Instant::now() >= next {
-            rig.client
-                .write_frame(pub_h, &amid, None, "OPUS", &[0x78, n as u8, 1, 2], n * 960, None);
+            rig.client.write_frame(
+                pub_h,
+                &amid,
+                None,
+                "OPUS",
+                &[0x78, n as u8, 1, 2],
+                n * 960,
+                None,
+                None,
+            );
             n += 1;
             next += Duration::from_millis(20);
         }
@@ -251,6 +266,7 @@ fn offer_lists_the_requested_video_codec_first() {
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
                 bandwidth_estimation: false,
+                spotlight: None,
             })
             .unwrap();
         let sdp = created.sdp;
@@ -286,6 +302,7 @@ fn opus_params_reach_the_offer_fmtp() {
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
                 bandwidth_estimation: false,
+                spotlight: None,
             })
             .unwrap()
             .sdp;
@@ -362,6 +379,7 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
                 bandwidth_estimation: false,
+                spotlight: None,
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -486,6 +504,7 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
                 simulcast_rids: Vec::new(),
                 layer_request: Some(2),
                 bandwidth_estimation: false,
+                spotlight: None,
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -533,7 +552,14 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
 /// A VP8 frame of simulcast layer `layer`: a keyframe or not, its body
 /// saying which layer and frame it is.
 fn layer_frame(layer: u8, n: u32, keyframe: bool) -> Vec<u8> {
-    let mut v = vec![if keyframe { 0x10u8 } else { 0x11 }, 0x02, 0x00, 0x9d, 0x01, 0x2a];
+    let mut v = vec![
+        if keyframe { 0x10u8 } else { 0x11 },
+        0x02,
+        0x00,
+        0x9d,
+        0x01,
+        0x2a,
+    ];
     v.extend((0..(600 * (layer as u32 + 1))).map(|i| (i % 251) as u8));
     v.push(layer);
     v.extend_from_slice(&n.to_be_bytes());
@@ -562,6 +588,7 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
         simulcast_rids: rids.clone(),
         layer_request: Some(2),
         bandwidth_estimation: false,
+        spotlight: None,
     });
     let vmid = vmid.unwrap();
     let (sub_h, _, _) = rig.join_spec(ConnectionSpec {
@@ -576,8 +603,13 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
         simulcast_rids: Vec::new(),
         layer_request: Some(0),
         bandwidth_estimation: false,
+        spotlight: None,
     });
-    assert_eq!(rig.client.send_rids(pub_h, &vmid).unwrap(), rids, "the answer sends r0, r1, r2");
+    assert_eq!(
+        rig.client.send_rids(pub_h, &vmid).unwrap(),
+        rids,
+        "the answer sends r0, r1, r2"
+    );
 
     let mut n = 0u32;
     let paused_top = std::cell::Cell::new(false);
@@ -595,8 +627,16 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
             // a switch has to wait for the target's own.
             let key = n < 1 || n % 15 == 5 * l as u32;
             let data = layer_frame(l as u8, n, key);
-            rig.client
-                .write_frame(pub_h, &vmid, Some(rid), "VP8", &data, n as u64 * 3000, None);
+            rig.client.write_frame(
+                pub_h,
+                &vmid,
+                Some(rid),
+                "VP8",
+                &data,
+                n as u64 * 3000,
+                None,
+                None,
+            );
         }
         n += 1;
     };
@@ -613,7 +653,10 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
     });
     assert!(ok, "r0 subscriber got {} frames", layers(&rig).len());
     let got = layers(&rig);
-    assert!(got.iter().all(|(l, _, _)| *l == 0), "only r0 forwarded: {got:?}");
+    assert!(
+        got.iter().all(|(l, _, _)| *l == 0),
+        "only r0 forwarded: {got:?}"
+    );
     assert!(got[0].2, "the first frame forwarded is a keyframe");
 
     rig.sfu.set_layer("SUB", None, Some(2)).unwrap();
@@ -626,11 +669,17 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
     let first_top = got.iter().position(|(l, _, _)| *l == 2).unwrap();
     assert!(got[first_top].2, "the switch happens on an r2 keyframe");
     assert!(got[..first_top].iter().all(|(l, _, _)| *l == 0));
-    assert!(got[first_top..].iter().all(|(l, _, _)| *l == 2), "one switch, no flapping");
+    assert!(
+        got[first_top..].iter().all(|(l, _, _)| *l == 2),
+        "one switch, no flapping"
+    );
     // One continuous stream: frames in capture order (the old layer's
     // picture of the switch instant may precede the new layer's keyframe
     // of the same instant) and every frame whole.
-    assert!(got.windows(2).all(|w| w[1].1 >= w[0].1), "frames in order: {got:?}");
+    assert!(
+        got.windows(2).all(|w| w[1].1 >= w[0].1),
+        "frames in order: {got:?}"
+    );
     assert!(rig
         .frames_for(sub_h, "video")
         .iter()
@@ -640,17 +689,21 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
         .iter()
         .filter(|e| e.kind == EventKind::LayerSwitched)
         .collect();
-    assert!(switched
-        .iter()
-        .any(|e| e.rid.as_deref() == Some("r2") && e.previous_rid.as_deref() == Some("r0")
-            && e.stream_id.as_deref() == Some("PUB") && &*e.connection == "SUB"));
+    assert!(switched.iter().any(|e| e.rid.as_deref() == Some("r2")
+        && e.previous_rid.as_deref() == Some("r0")
+        && e.stream_id.as_deref() == Some("PUB")
+        && &*e.connection == "SUB"));
 
     // The publisher stops r2: the subscriber falls back to r1.
     paused_top.set(true);
     let before = layers(&rig).len();
     let ok = rig.pump_until(Duration::from_secs(10), |rig| {
         send(rig);
-        layers(rig)[before..].iter().filter(|(l, _, _)| *l == 1).count() >= 10
+        layers(rig)[before..]
+            .iter()
+            .filter(|(l, _, _)| *l == 1)
+            .count()
+            >= 10
     });
     assert!(ok, "fell back to r1: {:?}", &layers(&rig)[before..]);
 }

@@ -261,7 +261,7 @@ impl Sfu {
         to_py_events(py, events)
     }
 
-    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None, opus_params=None, simulcast_rids=None, simulcast_layer=Some(2), bandwidth_estimation=false))]
+    #[pyo3(signature = (channel_id, connection_id, *, send_audio, send_video, recv, video_codec="VP8", audio_codec="OPUS", data_channels=None, opus_params=None, simulcast_rids=None, simulcast_layer=Some(2), bandwidth_estimation=false, spotlight=None))]
     #[allow(clippy::too_many_arguments)]
     fn create_connection(
         &mut self,
@@ -278,6 +278,7 @@ impl Sfu {
         simulcast_rids: Option<Vec<String>>,
         simulcast_layer: Option<u8>,
         bandwidth_estimation: bool,
+        spotlight: Option<(usize, Option<u8>, Option<u8>)>,
     ) -> PyResult<CreatedConnection> {
         let opus = opus_params
             .as_ref()
@@ -306,6 +307,12 @@ impl Sfu {
             simulcast_rids: simulcast_rids.unwrap_or_default(),
             layer_request: simulcast_layer,
             bandwidth_estimation,
+            spotlight: spotlight.map(|(number, focus, unfocus)| {
+                (
+                    number,
+                    engine::sfu::spotlight::SpotlightLayers { focus, unfocus },
+                )
+            }),
         };
         let sfu = self.get_mut()?;
         let created = py
@@ -462,7 +469,7 @@ impl ClientEngine {
         Ok(())
     }
 
-    #[pyo3(signature = (handle, mid, codec, data, rtp_time, capture_age=None, rid=None))]
+    #[pyo3(signature = (handle, mid, codec, data, rtp_time, capture_age=None, rid=None, audio_level=None))]
     #[allow(clippy::too_many_arguments)]
     fn write_frame(
         &self,
@@ -473,13 +480,21 @@ impl ClientEngine {
         rtp_time: u64,
         capture_age: Option<f64>,
         rid: Option<&str>,
+        audio_level: Option<i8>,
     ) -> PyResult<bool> {
         let age = capture_age
             .filter(|a| a.is_finite() && *a > 0.0)
             .map(|a| Duration::from_secs_f64(a.min(60.0)));
-        Ok(self
-            .get()?
-            .write_frame(parse_handle(handle)?, mid, rid, codec, data, rtp_time, age))
+        Ok(self.get()?.write_frame(
+            parse_handle(handle)?,
+            mid,
+            rid,
+            codec,
+            data,
+            rtp_time,
+            age,
+            audio_level,
+        ))
     }
 
     fn set_desired_bitrate(&self, handle: &str, bps: u64) -> PyResult<()> {

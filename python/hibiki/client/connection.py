@@ -251,6 +251,10 @@ class Connection:
         simulcast: bool | None = None,
         simulcast_rid: str | None = None,
         simulcast_request_rid: str | None = None,
+        spotlight: bool | None = None,
+        spotlight_number: int | None = None,
+        spotlight_focus_rid: str | None = None,
+        spotlight_unfocus_rid: str | None = None,
     ) -> None:
         if isinstance(signaling_urls, str):
             signaling_urls = [signaling_urls]
@@ -274,6 +278,14 @@ class Connection:
             raise ValueError(f"simulcast_rid must be one of {', '.join(RIDS)}; got {simulcast_rid!r}")
         if simulcast_request_rid is not None and simulcast_request_rid not in ("none", *RIDS):
             raise ValueError(f"simulcast_request_rid must be none, {', '.join(RIDS)}; got {simulcast_request_rid!r}")
+        for name, value in (("spotlight_focus_rid", spotlight_focus_rid),
+                            ("spotlight_unfocus_rid", spotlight_unfocus_rid)):
+            if value is not None and value not in ("none", *RIDS):
+                raise ValueError(f"{name} must be none, {', '.join(RIDS)}; got {value!r}")
+            if value is not None and not spotlight:
+                raise ValueError(f"{name} needs spotlight=True")
+        if spotlight_number is not None and not 1 <= spotlight_number <= 8:
+            raise ValueError(f"spotlight_number must be 1..8; got {spotlight_number!r}")
         requested_channels = normalize_data_channels(data_channels)
         if requested_channels and not data_channel_signaling:
             # Sora opens messaging channels only with DataChannel signaling (§7).
@@ -356,6 +368,10 @@ class Connection:
             simulcast=simulcast,
             simulcast_rid=simulcast_rid,
             simulcast_request_rid=simulcast_request_rid,
+            spotlight=spotlight,
+            spotlight_number=spotlight_number,
+            spotlight_focus_rid=spotlight_focus_rid,
+            spotlight_unfocus_rid=spotlight_unfocus_rid,
         )
         self._ws_open_timeout = websocket_connection_timeout
         self._ws_close_timeout = websocket_close_timeout

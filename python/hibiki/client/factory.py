@@ -14,9 +14,7 @@ __all__ = ["Hibiki", "split_kwargs"]
 # sora-sdk ``create_connection`` arguments we accept but do not implement yet.
 # They are ignored with a warning rather than rejected, so sora-sdk programs run.
 _SORA_UNSUPPORTED = frozenset({
-    "spotlight",
-    "spotlight_number", "spotlight_focus_rid",
-    "spotlight_unfocus_rid", "forwarding_filter", "forwarding_filters",
+    "forwarding_filter", "forwarding_filters",
     "audio_streaming_language_code", "insecure", "client_cert",
     "client_key", "ca_cert", "proxy_username", "proxy_password", "proxy_agent",
     "video_h265_params",
@@ -133,13 +131,17 @@ class Hibiki:
         simulcast: bool | None = None,
         simulcast_rid: str | None = None,
         simulcast_request_rid: str | None = None,
+        spotlight: bool | None = None,
+        spotlight_number: int | None = None,
+        spotlight_focus_rid: str | None = None,
+        spotlight_unfocus_rid: str | None = None,
         **kwargs: Any,
     ) -> Connection:
         """Create a :class:`~hibiki.Connection` (not connected yet: call ``connect()``).
 
         Arguments follow sora-sdk's ``Sora.create_connection``. ``video_bit_rate``
         and ``audio_bit_rate`` are in kbps. sora-sdk arguments that Hibiki does
-        not implement yet (spotlight, forwarding filters, TLS options...) are
+        not implement yet (forwarding filters, TLS options...) are
         ignored with a ``UserWarning``. ``connect_timeout`` (seconds) bounds
         ``connect()`` as a whole.
 
@@ -183,6 +185,13 @@ class Hibiki:
         (``r0``..``r2``; ``simulcast_request_rid`` also takes ``none``) and
         change it at run time with ``conn.request_simulcast_rid(rid)`` or
         ``track.request_simulcast_rid(rid)``.
+
+        Spotlight: ``spotlight=True`` joins a spotlight channel: senders
+        send simulcast, and the server focuses on the ``spotlight_number``
+        loudest speakers (1 by default), whose video this connection gets
+        at ``spotlight_focus_rid`` (``r2``) while the others come at
+        ``spotlight_unfocus_rid`` (``r0``). ``spotlight.focused`` /
+        ``spotlight.unfocused`` notifies say who is in focus.
         """
         split_kwargs(kwargs, "create_connection")
         return Connection(
@@ -223,4 +232,8 @@ class Hibiki:
             simulcast=simulcast,
             simulcast_rid=simulcast_rid,
             simulcast_request_rid=simulcast_request_rid,
+            spotlight=spotlight,
+            spotlight_number=spotlight_number,
+            spotlight_focus_rid=spotlight_focus_rid,
+            spotlight_unfocus_rid=spotlight_unfocus_rid,
         )

@@ -92,6 +92,10 @@ def build_connect_message(
     simulcast: bool | None = None,
     simulcast_rid: str | None = None,
     simulcast_request_rid: str | None = None,
+    spotlight: bool | None = None,
+    spotlight_number: int | None = None,
+    spotlight_focus_rid: str | None = None,
+    spotlight_unfocus_rid: str | None = None,
 ) -> dict[str, Any]:
     """Build the ``connect`` message. Unset fields are left out, as sora-sdk does.
 
@@ -136,6 +140,14 @@ def build_connect_message(
         msg["simulcast_rid"] = simulcast_rid
     if simulcast_request_rid:
         msg["simulcast_request_rid"] = simulcast_request_rid
+    if spotlight is not None:
+        msg["spotlight"] = bool(spotlight)
+    if spotlight_number:
+        msg["spotlight_number"] = spotlight_number
+    if spotlight_focus_rid:
+        msg["spotlight_focus_rid"] = spotlight_focus_rid
+    if spotlight_unfocus_rid:
+        msg["spotlight_unfocus_rid"] = spotlight_unfocus_rid
     return msg
 
 

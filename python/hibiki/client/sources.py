@@ -219,7 +219,8 @@ class _SourceBase:
         """The monotonic time at which the frame stamped ``rtp_time`` was captured, if known."""
         return None
 
-    def _write(self, target: _Attachment, data: bytes, rtp_time: int, captured: float | None = None) -> bool:
+    def _write(self, target: _Attachment, data: bytes, rtp_time: int, captured: float | None = None,
+               audio_level: int | None = None) -> bool:
         if captured is None:
             captured = self._capture_time(rtp_time)
         # The engine stamps the frame's RTCP wall clock with its capture
@@ -229,7 +230,8 @@ class _SourceBase:
         if age is not None and not 0.0 <= age < _MAX_CAPTURE_AGE:
             age = None
         try:
-            ok = target.engine.write_frame(target.handle, target.mid, target.codec, data, rtp_time, age, target.rid)
+            ok = target.engine.write_frame(target.handle, target.mid, target.codec, data, rtp_time, age, target.rid,
+                                           audio_level)
         except Exception as exc:
             # The connection is closing or gone; the Connection will detach us.
             logger.debug("[%s] write_frame failed on mid %s: %s", target.label, target.mid, exc)
@@ -438,6 +440,20 @@ class VideoSource(_SourceBase):
             self._forced.add(rid)
 
 
+def audio_level_dbov(pcm: np.ndarray) -> int:
+    """The level of int16 PCM in dBov, -127 (silence) .. 0 (full scale), as RFC 6464 carries it.
+
+    Receivers (the SFU's spotlight, active-speaker UIs) read it from every
+    packet's header without decoding the audio.
+    """
+    if pcm.size == 0:
+        return -127
+    rms = float(np.sqrt(np.mean(np.square(pcm, dtype=np.float64))))
+    if rms < 1.0:
+        return -127
+    return max(-127, min(0, round(20.0 * np.log10(rms / 32768.0))))
+
+
 def _scaled(width: int, height: int, scale: float) -> tuple[int, int]:
     """A picture size divided by ``scale``, even and at least 2x2 (what the encoders take)."""
     if scale <= 1.0:
@@ -583,6 +599,7 @@ class AudioSource(_SourceBase):
                     # This chunk's first sample gets the RTP time the encoder
                     # gives its next input: the packets' capture times follow.
                     rtp0 = encoder.input_rtp_time
+                    level = audio_level_dbov(remixed[channels])
                     for ef in encoder.encode(remixed[channels]):
                         self.frames_encoded += 1
                         at = captured + (ef.rtp_time - rtp0) / AUDIO_CLOCK_RATE
@@ -591,7 +608,7 @@ class AudioSource(_SourceBase):
                             if route is not None:
                                 route.submit(ef.data, ef.rtp_time, True)  # written on enqueue
                             else:
-                                self._write(target, ef.data, ef.rtp_time, at)
+                                self._write(target, ef.data, ef.rtp_time, at, level)
         except Exception:  # pragma: no cover - a bug; make it visible
             logger.exception("audio source worker crashed")
         finally:

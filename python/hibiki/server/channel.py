@@ -76,6 +76,8 @@ class Member:
     """The connection publishes its video as simulcast layers."""
     simulcast_rid: str | None = None
     """The layer it asked to receive at connect (``simulcast_rid``), if any."""
+    spotlight: bool = False
+    """The connection joined with ``spotlight: true`` (it gets ``spotlight.*`` notifies)."""
     created_time_us: int = field(default_factory=_now_us)
     """Wall-clock creation time in microseconds since the epoch (the HTTP API's ``created_time``)."""
     connected: bool = False

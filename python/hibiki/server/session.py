@@ -542,8 +542,9 @@ class SignalingSession:
             audio_codec_type=req.audio_codec_type if req.audio else None,
             video_codec_type=req.video_codec_type if req.video else None,
             video_bit_rate=req.video_bit_rate if req.video else None,
-            simulcast=req.simulcast and req.send_video,
+            simulcast=req.send_simulcast,
             simulcast_rid=req.simulcast_rid,
+            spotlight=req.spotlight,
         )
         channel = self.hub.registry.join(member)
         self._member = member
@@ -560,11 +561,12 @@ class SignalingSession:
                 audio_codec=req.audio_codec_type,
                 data_channels=cast("list[DataChannelSpec] | None", plan.sfu_specs() if plan else None),
                 opus_params=cast("OpusParams | None", req.opus_params if req.send_audio or req.recv else None),
-                simulcast_rids=list(simulcast.RIDS) if req.simulcast and req.send_video else None,
+                simulcast_rids=list(simulcast.RIDS) if req.send_simulcast else None,
                 simulcast_layer=simulcast.layer_for(req.simulcast_rid or simulcast.DEFAULT_RID),
                 # Simulcast receivers (Sora has them connect with simulcast: true)
                 # get layers that fit their bandwidth.
-                bandwidth_estimation=req.simulcast and req.recv,
+                bandwidth_estimation=(req.simulcast or req.spotlight) and req.recv,
+                spotlight=simulcast.spotlight_spec(req) if req.spotlight and req.recv else None,
             )
         except ValueError as exc:
             raise SignalingError(str(exc) or "the SFU refused the connection") from None
@@ -581,7 +583,8 @@ class SignalingSession:
             video_mid=created.video_mid,
             metadata=auth.authz_metadata,
         )
-        if req.simulcast and req.send_video:
+        offer["spotlight"] = req.spotlight
+        if req.send_simulcast:
             offer["simulcast"] = True
             offer["encodings"] = (list(req.simulcast_encodings) if req.simulcast_encodings
                                   else simulcast.default_encodings(req.video_bit_rate))
@@ -929,6 +932,20 @@ class SignalingSession:
             self._requested_rids[sender_connection_id] = rid
         self.log.info("simulcast rid %s requested%s", rid,
                       f" from {sender_connection_id}" if sender_connection_id else " from every sender")
+
+    def on_spotlight(self, focused: bool) -> None:
+        """This connection came into (or went out of) the spotlight: tell the channel's spotlight members."""
+        member = self._member
+        if member is None:
+            return
+        channel = self.hub.registry.get(member.channel_id)
+        if channel is None:
+            return
+        self.log.info("spotlight %s", "focused" if focused else "unfocused")
+        notify = simulcast.spotlight_notify(member, focused)
+        for other in channel.connected_members():
+            if other.spotlight:
+                other.handle.notify(notify)
 
     def on_layer_switched(self, event: Event) -> None:
         """The SFU moved one of our subscriptions to another simulcast layer: tell the client."""

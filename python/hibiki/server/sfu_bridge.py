@@ -45,6 +45,9 @@ class ConnectionEvents(Protocol):
     def on_layer_switched(self, event: Event) -> None:
         """A subscription of the connection now receives another simulcast layer."""
 
+    def on_spotlight(self, focused: bool) -> None:
+        """The connection is now (or no longer) one of the speakers in its channel's spotlight."""
+
     def on_channel_open(self, label: str) -> None:
         """A data channel the server opened is open."""
 
@@ -158,6 +161,8 @@ class SfuBridge:
                 handler.on_track_published(event)
             elif event.kind == "layer_switched":
                 handler.on_layer_switched(event)
+            elif event.kind in ("spotlight_focused", "spotlight_unfocused"):
+                handler.on_spotlight(event.kind == "spotlight_focused")
             elif event.kind == "channel_open":
                 handler.on_channel_open(event.label or "")
             elif event.kind == "channel_data":

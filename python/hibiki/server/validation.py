@@ -99,6 +99,9 @@ class ConnectRequest:
     simulcast_encodings: tuple[dict[str, Any], ...] | None = None
     """Encodings for this simulcast publisher (auth payout ``simulcast_encodings``)."""
     spotlight: bool = False
+    spotlight_number: int | None = None
+    spotlight_focus_rid: str | None = None
+    spotlight_unfocus_rid: str | None = None
     data_channel_signaling: bool = False
     ignore_disconnect_websocket: bool = False
     data_channels: tuple[ChannelEntry, ...] = ()
@@ -124,6 +127,11 @@ class ConnectRequest:
     def recv(self) -> bool:
         """The client subscribes to the channel's other tracks."""
         return self.role != "sendonly"
+
+    @property
+    def send_simulcast(self) -> bool:
+        """The client publishes its video as simulcast layers (spotlight senders always do)."""
+        return (self.simulcast or self.spotlight) and self.send_video
 
 
 def json_type(value: Any) -> str:
@@ -330,9 +338,10 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
     # The newer field wins when a client sends both.
     simulcast_rid = _opt_enum(msg, "simulcast_request_rid", REQUEST_RIDS) or simulcast_rid
     spotlight = bool(_opt_bool(msg, "spotlight"))
-    _opt_int(msg, "spotlight_number", 1, 8)
+    spotlight_number = _opt_int(msg, "spotlight_number", 1, 8)
+    spotlight_rids: dict[str, str | None] = {}
     for rid_field in ("spotlight_focus_rid", "spotlight_unfocus_rid"):
-        _opt_enum(msg, rid_field, REQUEST_RIDS)
+        spotlight_rids[rid_field] = _opt_enum(msg, rid_field, REQUEST_RIDS)
         if rid_field in msg and not spotlight:
             # Real Sora closes with 4490 here too (sora-signaling.md §5.1).
             raise SignalingError(f"{rid_field} requires spotlight: true")
@@ -354,7 +363,6 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
     ignored = tuple(
         name
         for name, wanted in (
-            ("spotlight", spotlight),
             ("forwarding_filters", "forwarding_filters" in msg or "forwarding_filter" in msg),
         )
         if wanted
@@ -377,6 +385,9 @@ def validate_connect(msg: dict[str, Any]) -> ConnectRequest:
         simulcast=simulcast,
         simulcast_rid=simulcast_rid,
         spotlight=spotlight,
+        spotlight_number=spotlight_number,
+        spotlight_focus_rid=spotlight_rids["spotlight_focus_rid"],
+        spotlight_unfocus_rid=spotlight_rids["spotlight_unfocus_rid"],
         data_channel_signaling=data_channel_signaling,
         ignore_disconnect_websocket=ignore_disconnect_websocket,
         data_channels=data_channels,

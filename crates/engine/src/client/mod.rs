@@ -40,6 +40,7 @@ enum Command {
         data: Vec<u8>,
         rtp_time: u64,
         at: Instant,
+        audio_level: Option<i8>,
     },
     RequestKeyframe(u64, String),
     SendInfo(u64, String, String, Reply<(u8, u32)>),
@@ -136,6 +137,7 @@ impl ClientEngine {
         data: &[u8],
         rtp_time: u64,
         capture_age: Option<Duration>,
+        audio_level: Option<i8>,
     ) -> bool {
         let up = self
             .connected
@@ -155,6 +157,7 @@ impl ClientEngine {
             at: capture_age
                 .and_then(|age| Instant::now().checked_sub(age))
                 .unwrap_or_else(Instant::now),
+            audio_level,
         })
     }
 
@@ -362,6 +365,7 @@ impl Worker {
                 data,
                 rtp_time,
                 at,
+                audio_level,
             } => {
                 self.with_conn(handle, |c| {
                     if let Err(e) = c.peer.write_frame(
@@ -371,6 +375,7 @@ impl Worker {
                         rtp_time,
                         at,
                         &data,
+                        audio_level,
                     ) {
                         debug!(handle, error = %e, "frame not written");
                     }

@@ -55,6 +55,8 @@ pub struct Connection {
     pub estimate: Option<u64>,
     /// The (minimum, desired) rates last given to the estimator.
     pub bwe_rates: (u64, u64),
+    /// Spotlight: the layers it gets from focused and other senders.
+    pub spotlight: Option<super::spotlight::SpotlightLayers>,
 }
 
 impl Connection {

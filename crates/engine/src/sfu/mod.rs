@@ -8,6 +8,7 @@ mod clock;
 mod connection;
 mod shard;
 pub mod simulcast;
+pub mod spotlight;
 mod track;
 
 use std::collections::HashMap;
@@ -52,6 +53,10 @@ pub struct ConnectionSpec {
     /// Estimate the bandwidth towards this client (TWCC) and cap the
     /// simulcast layers it gets to what fits.
     pub bandwidth_estimation: bool,
+    /// Spotlight: the channel focuses on its `number` loudest speakers and
+    /// this connection gets their video at `layers.focus`, the others' at
+    /// `layers.unfocus`.
+    pub spotlight: Option<(usize, spotlight::SpotlightLayers)>,
 }
 
 /// A data channel of a connection and how the SFU treats its messages.

@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::clock::{ClockBase, SenderReport};
 use super::connection::Connection;
 use super::simulcast::{availability, Layer, UP_MARGIN};
+use super::spotlight::Spotlight;
 use super::track::{Track, TrackKey};
 use super::{next_id, Command, ConnectionSpec, Created};
 use crate::demux::Demux;
@@ -91,6 +92,7 @@ pub(crate) fn spawn(
         deferred: Vec::new(),
         scratch: Vec::new(),
         dying: Vec::new(),
+        spotlights: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name(format!("hibiki-shard-{index}"))
@@ -119,6 +121,8 @@ struct Shard {
     scratch: Vec<PeerEvent>,
     /// Connections marked dead since the last reap.
     dying: Vec<u64>,
+    /// Spotlight state of the channels that have spotlight connections.
+    spotlights: HashMap<Arc<str>, Spotlight>,
 }
 
 /// Drain a peer until it asks for a timeout: send its datagrams, arm its
@@ -204,6 +208,7 @@ impl Shard {
                     .filter(|(_, c)| c.estimate.is_some())
                     .map(|(id, _)| *id)
                     .collect();
+                self.spotlight_tick();
                 for id in estimated {
                     self.allocate(id, now);
                 }
@@ -305,6 +310,9 @@ impl Shard {
     fn forward(&mut self, publisher: u64, pkt: crate::peer::RtpIn) {
         let key = (publisher, pkt.mid);
         let now = Instant::now();
+        if let (Some((level, _)), false) = (pkt.audio_level, self.spotlights.is_empty()) {
+            self.hear(publisher, level);
+        }
         let Some(track) = self.tracks.get_mut(&key) else {
             return;
         };
@@ -558,6 +566,58 @@ impl Shard {
         }
     }
 
+    /// An audio level from `publisher`, for the spotlight of its channel.
+    fn hear(&mut self, publisher: u64, level: i8) {
+        let Some(conn) = self.conns.get(&publisher) else {
+            return;
+        };
+        if let Some(spot) = self.spotlights.get_mut(&conn.channel) {
+            spot.heard(publisher, level);
+        }
+    }
+
+    /// Reconsider every spotlight channel's focus; tell Python of changes
+    /// and give each spotlight receiver its focus/unfocus layers.
+    fn spotlight_tick(&mut self) {
+        let channels: Vec<Arc<str>> = self.spotlights.keys().cloned().collect();
+        for channel in channels {
+            let Some(spot) = self.spotlights.get_mut(&channel) else {
+                continue;
+            };
+            let (gained, lost) = spot.tick();
+            let spot = &*spot;
+            for (ids, kind) in [
+                (gained, EventKind::SpotlightFocused),
+                (lost, EventKind::SpotlightUnfocused),
+            ] {
+                for p in ids {
+                    if let Some(c) = self.conns.get(&p) {
+                        info!(conn = %c.name, channel = %channel, focused = kind == EventKind::SpotlightFocused, "spotlight");
+                        self.events.send(EngineEvent::new(kind, c.name.clone()));
+                    }
+                }
+            }
+            for member in self.channels.get(&channel).into_iter().flatten() {
+                let Some(conn) = self.conns.get_mut(member) else {
+                    continue;
+                };
+                let Some(layers) = conn.spotlight else {
+                    continue;
+                };
+                for sub in conn.subscriptions.values_mut() {
+                    let want = if spot.is_focused(sub.track.0) {
+                        layers.focus
+                    } else {
+                        layers.unfocus
+                    };
+                    if sub.selection.request() != want {
+                        sub.selection.set_request(want);
+                    }
+                }
+            }
+        }
+    }
+
     /// Fit the simulcast layers a subscriber gets into its bandwidth
     /// estimate, and tell the estimator what to probe for: the layers it
     /// asked for (desired) and the next layer up (kept up with padding).
@@ -742,7 +802,12 @@ impl Shard {
 
     /// A subscriber's simulcast layer request, for one sender or (None)
     /// every sender.
-    fn set_layer(&mut self, name: &str, sender: Option<&str>, layer: Option<Layer>) -> Result<(), String> {
+    fn set_layer(
+        &mut self,
+        name: &str,
+        sender: Option<&str>,
+        layer: Option<Layer>,
+    ) -> Result<(), String> {
         let id = *self
             .by_name
             .get(name)
@@ -756,7 +821,10 @@ impl Shard {
             ),
             None => None,
         };
-        let conn = self.conns.get_mut(&id).expect("by_name is in step with conns");
+        let conn = self
+            .conns
+            .get_mut(&id)
+            .expect("by_name is in step with conns");
         match sender {
             Some(p) => {
                 conn.layer_overrides.insert(p, layer);
@@ -863,13 +931,7 @@ impl Shard {
         } else {
             Role::Server
         };
-        let mut peer = Peer::new(
-            role,
-            now,
-            Some(&ufrag),
-            Some(&spec.video_codec),
-            spec.opus,
-        );
+        let mut peer = Peer::new(role, now, Some(&ufrag), Some(&spec.video_codec), spec.opus);
         peer.add_local_candidate(self.candidate)?;
 
         // Upstream m-lines first: libwebrtc binds the client's tracks to the
@@ -931,7 +993,15 @@ impl Shard {
             layer_overrides: HashMap::new(),
             estimate: None,
             bwe_rates: (0, 0),
+            spotlight: spec.spotlight.map(|(_, layers)| layers),
         };
+        if let Some((number, layers)) = spec.spotlight {
+            // Until the first focus is known, everyone is unfocused.
+            conn.layer_request = layers.unfocus;
+            self.spotlights
+                .entry(channel.clone())
+                .or_insert_with(|| Spotlight::new(number));
+        }
         for (i, change) in changes.iter().enumerate().take(upstream_count) {
             if let (OfferChange::AddRecv { kind, .. }, Some(mid)) = (change, mids[i]) {
                 conn.upstream.push((mid, *kind));
@@ -1147,7 +1217,11 @@ impl Shard {
             members.retain(|m| *m != id);
             if members.is_empty() {
                 self.channels.remove(&channel);
+                self.spotlights.remove(&channel);
             }
+        }
+        if let Some(spot) = self.spotlights.get_mut(&channel) {
+            spot.remove(id);
         }
         // Its tracks disappear from every subscriber.
         let keys: Vec<TrackKey> = self

@@ -133,7 +133,13 @@ impl Selection {
     /// Apply a bandwidth `budget` (bit/s) given each layer's measured
     /// `rates` (0: unknown). Returns the layer planned for (whose rate the
     /// budget must then carry), None when nothing is forwarded.
-    pub fn allocate(&mut self, rates: &[u64], live: Availability, budget: u64, now: Instant) -> Option<Layer> {
+    pub fn allocate(
+        &mut self,
+        rates: &[u64],
+        live: Availability,
+        budget: u64,
+        now: Instant,
+    ) -> Option<Layer> {
         let want = self.wanted(live)?;
         let rate = |l: Layer| rates.get(l as usize).copied().unwrap_or(0);
         let fits = |l: Layer, share: f64| rate(l) as f64 <= budget as f64 * share;
@@ -539,7 +545,11 @@ mod bandwidth_tests {
         }
         let r = m.rate(t0 + Duration::from_millis(1000));
         assert!((950_000..=1_050_000).contains(&r), "{r}");
-        assert_eq!(m.rate(t0 + Duration::from_secs(5)), 0, "silence reads as nothing");
+        assert_eq!(
+            m.rate(t0 + Duration::from_secs(5)),
+            0,
+            "silence reads as nothing"
+        );
     }
 }
 

@@ -32,9 +32,8 @@ docstring. In short:
   transformer (sora-sdk: on libwebrtc's threads).
 * ``SoraVAD`` runs the Silero model (:class:`hibiki.VAD`) instead of
   libwebrtc's RNN VAD: the same 0..1 speech probability, different numbers.
-* Accepted and ignored with a ``UserWarning`` when set:
-  spotlight options, forwarding filters, TLS client certificates, proxy
-  credentials.
+* Accepted and ignored with a ``UserWarning`` when set: forwarding
+  filters, TLS client certificates, proxy credentials.
 * Callbacks run on one SDK thread (``hibiki-callbacks``), in order; media
   callbacks (``on_frame``, ``on_data``) on the track's decoder thread.
 """

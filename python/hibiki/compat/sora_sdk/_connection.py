@@ -343,8 +343,7 @@ class Sora:
         * frame transformers run ``on_transform`` on a Hibiki thread (see
           :mod:`hibiki.compat.sora_sdk._transform`); a transformer of the
           wrong kind raises ``TypeError`` here;
-        * arguments Hibiki does not act on yet (spotlight,
-          forwarding filters, TLS client certificates, proxy credentials,
+        * arguments Hibiki does not act on yet (forwarding filters, TLS client certificates, proxy credentials,
           ...) are accepted and ignored with a
           ``UserWarning`` when set.
         """
