@@ -390,3 +390,43 @@ def test_browser_joins_a_call_with_a_user_token_and_sees_it_end(
         await client.aclose()
 
     run(main(), timeout=60)
+
+
+def test_browser_publishes_simulcast(server: ServerProcess, tmp_path: Path) -> None:
+    """Chromium applies the offer's encodings (as sora-js-sdk does) and sends r0..r2; receivers pick layers."""
+    channel = new_channel_id()
+
+    async def widths(conn: hibiki.Connection, want: Any, what: str) -> set[int]:
+        events = Events(conn)
+        video = (await events.wait_for(
+            lambda e: isinstance(e, hibiki.events.TrackAdded) and e.track.kind == "video", 15, what)).track
+        seen: set[int] = set()
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            frame = await video.recv(timeout=5.0)
+            seen.add(frame.width)
+            if want(frame.width):
+                break
+        events.close()
+        return seen
+
+    async def main() -> None:
+        query = f"?channel={channel}&autojoin=1&video=vp8&simulcast=1&hd=1"
+        async with browser_page(server, query) as page:
+            await wait_js(page, "window.hibiki.state === 'connected'", 15)
+            async with (
+                hibiki.connect(server.signaling_url, role="recvonly", channel_id=channel, audio=False,
+                               simulcast_rid="r0") as low,
+                hibiki.connect(server.signaling_url, role="recvonly", channel_id=channel, audio=False,
+                               simulcast_rid="r2") as high,
+            ):
+                low_widths = await widths(low, lambda w: w == 320, "the browser's video at r0")
+                high_widths = await widths(high, lambda w: w >= 640, "the browser's video at r2")
+                assert 320 in low_widths and max(low_widths) == 320, low_widths
+                assert max(high_widths) >= 640, high_widths
+            stats = await page.evaluate("window.hibiki.stats()")
+            rids = sorted(s.get("rid") or "" for s in stats["outbound"] if s["kind"] == "video")
+            assert rids == ["r0", "r1", "r2"], stats["outbound"]
+            await screenshot(page, tmp_path, "simulcast")
+
+    run(main(), timeout=90)

@@ -351,11 +351,11 @@ def test_keyframe_request_reaches_the_publishers_source(server: ServerProcess) -
     requests: list[float] = []
     forward = source.request_keyframe
 
-    def counting() -> None:
+    def counting(rid: str | None = None) -> None:
         requests.append(time.monotonic())
-        forward()
+        forward(rid)
 
-    # The connection calls video_source.request_keyframe() on a PLI for its video mid.
+    # The connection calls video_source.request_keyframe(rid) on a PLI for its video mid.
     source.request_keyframe = counting  # type: ignore[method-assign]
 
     async def go() -> None:

@@ -8,6 +8,7 @@ Peers: Hibiki SDK clients and the official sora-sdk (libwebrtc) client.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import socket
@@ -21,7 +22,7 @@ import hibiki
 import httpx
 import numpy as np
 import pytest
-from conftest import ServerProcess, new_channel_id, wait_until
+from conftest import ServerProcess, new_channel_id, run, wait_until
 from hibiki.media.testsrc import pattern_intact, read_counter, test_pattern
 from relay import media_relay
 from sora_clients.harness import SoraPeer
@@ -216,6 +217,33 @@ def test_switching_mid_stream_r0_r2_r1(server: ServerProcess) -> None:
                 conn.request_simulcast_rid("r0", "NOSUCHCONNECTION0000000000")
         finally:
             conn.disconnect()
+
+
+def test_asyncio_face_sees_simulcast_switched(server: ServerProcess) -> None:
+    """``async for event in conn`` yields SimulcastSwitched; ``await track.request_simulcast_rid`` switches."""
+    channel = new_channel_id()
+
+    async def watch() -> list[tuple[str | None, str | None]]:
+        seen: list[tuple[str | None, str | None]] = []
+        async with hibiki.connect([server.signaling_url], role="recvonly", channel_id=channel, audio=False,
+                                  simulcast_rid="r0", data_channel_signaling=True) as conn:
+            async with asyncio.timeout(20):
+                async for event in conn:
+                    if isinstance(event, hibiki.events.SimulcastSwitched):
+                        seen.append((event.previous_rid, event.rid))
+                        assert event.track.simulcast_rid == event.rid
+                        assert event.message["sender_connection_id"] == event.track.stream_id
+                        if event.rid == "r0":
+                            await event.track.request_simulcast_rid("r1")
+                        elif event.rid == "r1":
+                            frame = await event.track.recv(timeout=5)
+                            while (frame.width, frame.height) != SIZES["r1"]:
+                                frame = await event.track.recv(timeout=5)
+                            return seen
+        return seen
+
+    with simulcast_publisher(server, channel):
+        assert run(watch()) == [(None, "r0"), ("r0", "r1")]
 
 
 def test_http_api_switches_and_paused_layers_fall_back(server: ServerProcess) -> None:

@@ -149,6 +149,9 @@
     };
     if (opts.clientId) connect.client_id = opts.clientId;
     if (opts.metadata !== undefined) connect.metadata = opts.metadata;
+    // Simulcast: the camera goes out as r0/r1/r2; a receiver gets simulcastRid.
+    if (opts.simulcast) connect.simulcast = true;
+    if (opts.simulcastRid) connect.simulcast_rid = opts.simulcastRid;
     // A server with an API secret wants a user token (hibiki.api create_token / POST /v1/tokens).
     const token = opts.token || new URLSearchParams(location.search).get("token");
     if (token) connect.metadata = Object.assign({}, connect.metadata || {}, { access_token: token });
@@ -241,12 +244,34 @@
     if (state.localStream) {
       for (const track of state.localStream.getTracks()) pc.addTrack(track, state.localStream);
     }
+    if (msg.simulcast && Array.isArray(msg.encodings)) await applyEncodings(pc, msg);
     preferCodec(pc);
     const answer = await pc.createAnswer();
     await pc.setLocalDescription(answer);
     wsSend({ type: "answer", sdp: pc.localDescription.sdp });
     relabelLocal();
     startStats();
+  }
+
+  // The offer's simulcast encodings (rid, active, scaleResolutionDownBy,
+  // maxBitrate...) onto our video sender, as sora-js-sdk does: the SDP's
+  // a=simulcast:recv gave the sender one encoding per rid already.
+  async function applyEncodings(pc, msg) {
+    const mid = msg.mid && msg.mid.video;
+    const t = pc.getTransceivers().find((x) => x.mid === mid);
+    if (!t || !t.sender.track) return;
+    const params = t.sender.getParameters();
+    if (!params.encodings || params.encodings.length !== msg.encodings.length) {
+      log("simulcast", "the sender has", (params.encodings || []).length, "encodings for", msg.encodings.length, "rids");
+      return;
+    }
+    params.encodings = params.encodings.map((e, i) => Object.assign({}, e, msg.encodings[i]));
+    try {
+      await t.sender.setParameters(params);
+      log("simulcast", msg.encodings.map((e) => e.rid).join(","));
+    } catch (e) {
+      log("simulcast setParameters", e);
+    }
   }
 
   function preferCodec(pc) {
@@ -499,6 +524,7 @@
           kind: s.kind, mid: s.mid, codec: codecs[s.codecId] || null, bytesSent: s.bytesSent,
           packetsSent: s.packetsSent, framesEncoded: s.framesEncoded, framesPerSecond: s.framesPerSecond,
           frameWidth: s.frameWidth, frameHeight: s.frameHeight, encoderImplementation: s.encoderImplementation,
+          rid: s.rid,
         });
       } else if (s.type === "candidate-pair" && s.nominated && s.state === "succeeded") {
         if (typeof s.currentRoundTripTime === "number") out.rtt = s.currentRoundTripTime;
@@ -630,6 +656,8 @@
   if (q.get("video")) $("codec").value = q.get("video").toLowerCase();
   if (q.get("autojoin") === "1" && q.get("channel")) {
     join({ channel: q.get("channel"), role: q.get("role") || undefined, video: q.get("video") || undefined,
-           clientId: q.get("client_id") || undefined }).catch((e) => fail(e));
+           clientId: q.get("client_id") || undefined, simulcast: q.get("simulcast") === "1",
+           simulcastRid: q.get("simulcast_rid") || undefined,
+           videoConstraints: q.get("hd") === "1" ? { width: 1280, height: 720 } : undefined }).catch((e) => fail(e));
   }
 })();
