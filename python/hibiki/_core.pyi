@@ -124,6 +124,8 @@ class ShardStats:
     tx_packets: int
     forwarded_packets: int
     connections: int
+    send_dropped: int
+    """Datagrams the shard dropped because its socket's send buffer was full."""
 
 class Sfu:
     """The SFU data plane.

@@ -17,5 +17,6 @@ pub mod peer;
 pub mod queue;
 pub mod rewrite;
 pub mod sfu;
+pub mod socket;
 pub mod timer;
 mod waker;

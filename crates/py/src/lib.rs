@@ -124,6 +124,7 @@ struct ShardStats {
     tx_packets: u64,
     forwarded_packets: u64,
     connections: u64,
+    send_dropped: u64,
 }
 
 /// `d[key]` converted, None when absent or None; `what` names the dict in errors.
@@ -392,6 +393,7 @@ impl Sfu {
                 tx_packets: c.tx_packets.load(Ordering::Relaxed),
                 forwarded_packets: c.forwarded_packets.load(Ordering::Relaxed),
                 connections: c.connections.load(Ordering::Relaxed),
+                send_dropped: c.send_dropped.load(Ordering::Relaxed),
             })
             .collect())
     }

@@ -51,8 +51,8 @@ fn host_ips() -> Vec<IpAddr> {
 
 impl ClientConnection {
     pub fn new(handle: u64, mut peer: Peer) -> std::io::Result<Self> {
-        let std_socket = std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-        std_socket.set_nonblocking(true)?;
+        let std_socket =
+            crate::socket::bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
         let port = std_socket.local_addr()?.port();
         let socket = UdpSocket::from_std(std_socket);
         let mut candidates = Vec::new();

@@ -54,6 +54,8 @@ pub struct ShardCounters {
     pub forwarded_packets: AtomicU64,
     pub connections: AtomicU64,
     pub unroutable: AtomicU64,
+    /// Datagrams dropped because the socket's send buffer was full.
+    pub send_dropped: AtomicU64,
 }
 
 /// Start a shard thread bound to `bind`.
@@ -69,9 +71,7 @@ pub(crate) fn spawn(
     Arc<ShardCounters>,
 )> {
     let poll = Poll::new()?;
-    let std_socket = std::net::UdpSocket::bind(bind)?;
-    std_socket.set_nonblocking(true)?;
-    let mut socket = UdpSocket::from_std(std_socket);
+    let mut socket = UdpSocket::from_std(crate::socket::bind_udp(bind)?);
     let local = socket.local_addr()?;
     poll.registry()
         .register(&mut socket, SOCKET, Interest::READABLE)?;
@@ -149,7 +149,9 @@ fn drain(
                         counters.tx_packets.fetch_add(1, Ordering::Relaxed);
                     }
                     // UDP: a full socket buffer drops, like the network would.
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                        counters.send_dropped.fetch_add(1, Ordering::Relaxed);
+                    }
                     Err(e) => debug!(conn = conn_id, error = %e, "send failed"),
                 }
             }
@@ -386,7 +388,11 @@ impl Shard {
                 if !d.forward {
                     continue;
                 }
-                rewrite = vp8.map(|h| sub.vp8.rewrite(l, &h));
+                // Only descriptors with numbering need patching (str0m's
+                // packetizer sends none; libwebrtc's does).
+                rewrite = vp8
+                    .filter(|h| h.picture_id.is_some() || h.tl0_pic_idx.is_some())
+                    .map(|h| sub.vp8.rewrite(l, &h));
             }
             let (seq, ts) = sub.rewriter.rewrite(source, pkt.seq, pkt.time, now);
             let socket = &self.socket;
