@@ -128,26 +128,19 @@ def build_connect_message(
         msg["signaling_notify_metadata"] = signaling_notify_metadata
     msg["audio"] = _media_field(audio, audio_codec_type, audio_bit_rate, audio_extra)
     msg["video"] = _media_field(video, video_codec_type, video_bit_rate, video_extra)
-    if data_channel_signaling is not None:
-        msg["data_channel_signaling"] = bool(data_channel_signaling)
-    if ignore_disconnect_websocket is not None:
-        msg["ignore_disconnect_websocket"] = bool(ignore_disconnect_websocket)
+    # Booleans go out whenever given (False included), like libsora's optional fields.
+    for name, flag in (("data_channel_signaling", data_channel_signaling),
+                       ("ignore_disconnect_websocket", ignore_disconnect_websocket),
+                       ("simulcast", simulcast), ("spotlight", spotlight)):
+        if flag is not None:
+            msg[name] = bool(flag)
     if data_channels:
         msg["data_channels"] = [dict(entry) for entry in data_channels]
-    if simulcast is not None:
-        msg["simulcast"] = bool(simulcast)
-    if simulcast_rid:
-        msg["simulcast_rid"] = simulcast_rid
-    if simulcast_request_rid:
-        msg["simulcast_request_rid"] = simulcast_request_rid
-    if spotlight is not None:
-        msg["spotlight"] = bool(spotlight)
-    if spotlight_number:
-        msg["spotlight_number"] = spotlight_number
-    if spotlight_focus_rid:
-        msg["spotlight_focus_rid"] = spotlight_focus_rid
-    if spotlight_unfocus_rid:
-        msg["spotlight_unfocus_rid"] = spotlight_unfocus_rid
+    for name, value in (("simulcast_rid", simulcast_rid), ("simulcast_request_rid", simulcast_request_rid),
+                        ("spotlight_number", spotlight_number), ("spotlight_focus_rid", spotlight_focus_rid),
+                        ("spotlight_unfocus_rid", spotlight_unfocus_rid)):
+        if value:
+            msg[name] = value
     return msg
 
 

@@ -433,7 +433,8 @@ class VideoSource(_SourceBase):
             encoders.clear()
             self._worker_exited()
 
-    def _want_keyframe(self, rid: str | None) -> None:
+    def _want_keyframe(self, rid: str | None = None) -> None:
+        """Force a keyframe of simulcast layer ``rid`` (None: every encoder), at most every 250 ms."""
         now = time.monotonic()
         if now - self._last_forced.get(rid, 0.0) >= _MIN_FORCED_KEYFRAME_INTERVAL:
             self._last_forced[rid] = now

@@ -758,7 +758,7 @@ class SendRoute(_Route):
         self._target.waiting_keyframe = True
         want = getattr(self._source, "_want_keyframe", None)
         if want is not None:
-            want()
+            want(getattr(self._target, "rid", None))  # this simulcast layer's encoder only
 
 
 class DecoderInput:

@@ -69,7 +69,7 @@ their offer, whether or not their media is up yet.
 A connection in a list::
 
     {"channel_id", "session_id", "connection_id", "client_id", "bundle_id", "role",
-     "multistream": true, "simulcast": bool, "spotlight": false,
+     "multistream": true, "simulcast": bool, "spotlight": bool,
      "audio": {"codec_type": "OPUS"} | false, "video": {"codec_type", "bit_rate"?} | false,
      "connected": bool (media up), "created_time": microseconds since the epoch}
 """
@@ -287,7 +287,7 @@ def _connection_info(channel: Channel, member: Member) -> dict[str, Any]:
         "role": member.role,
         "multistream": True,
         "simulcast": member.simulcast,
-        "spotlight": False,
+        "spotlight": member.spotlight,
         "audio": audio,
         "video": video,
         "connected": member.connected,

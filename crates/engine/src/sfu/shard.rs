@@ -338,11 +338,15 @@ impl Shard {
                     c
                 }
             };
-            if let Some(codec) = codec {
-                keyframe = starts_keyframe(codec, &pkt.payload);
-                if codec == "VP8" {
+            match codec {
+                // VP8's descriptor is read once, for the keyframe bit and
+                // the numbering to rewrite.
+                Some("VP8") => {
                     vp8 = vp8_header(&pkt.payload);
+                    keyframe = vp8.is_some_and(|h| h.keyframe);
                 }
+                Some(codec) => keyframe = starts_keyframe(codec, &pkt.payload),
+                None => {}
             }
         }
         let live = availability(&track.layers, now);
@@ -647,22 +651,35 @@ impl Shard {
         if simulcast.is_empty() {
             return;
         }
-        // Every subscription gets its lowest layer first; what is left goes
-        // to them in a stable order.
+        // Every subscription keeps room for its lowest live layer; what is
+        // left goes to them in a stable order.
         simulcast.sort();
+        let layers: Vec<(Mid, Vec<u64>, _)> = simulcast
+            .into_iter()
+            .filter_map(|mid| {
+                let track = tracks.get(&conn.subscriptions.get(&mid)?.track)?;
+                let rates = track.layers.iter().map(|l| l.rate.rate(now)).collect();
+                Some((mid, rates, availability(&track.layers, now)))
+            })
+            .collect();
+        let lowest = |rates: &[u64], live: super::simulcast::Availability| {
+            (0..rates.len())
+                .find(|l| live.has(*l as Layer))
+                .map_or(0, |l| rates[l])
+        };
+        let mut reserved: u64 = layers.iter().map(|(_, r, live)| lowest(r, *live)).sum();
         let mut budget = estimate.saturating_sub(fixed);
         let (mut minimum, mut desired) = (fixed, fixed);
-        for mid in simulcast {
+        for (mid, rates, live) in layers {
             let Some(sub) = conn.subscriptions.get_mut(&mid) else {
                 continue;
             };
-            let Some(track) = tracks.get(&sub.track) else {
-                continue;
-            };
-            let rates: Vec<u64> = track.layers.iter().map(|l| l.rate.rate(now)).collect();
-            let live = availability(&track.layers, now);
+            let own = lowest(&rates, live);
+            reserved -= own;
             let before = sub.selection.cap();
-            let planned = sub.selection.allocate(&rates, live, budget, now);
+            let planned =
+                sub.selection
+                    .allocate(&rates, live, budget.saturating_sub(reserved), now);
             if sub.selection.cap() != before {
                 info!(conn = %conn.name, channel = %conn.channel, estimate, budget, ?rates, cap = ?sub.selection.cap(), "simulcast bandwidth cap changed");
             }
