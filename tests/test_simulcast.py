@@ -175,6 +175,9 @@ def test_each_receiver_gets_the_layer_it_asked_for(server: ServerProcess) -> Non
                 check_layer(logs[0].snapshot(), layer)
                 assert logs[0].track.decode_errors == 0
                 assert logs[0].track.stream_id == pub.connection_id
+            outbound = {e["rid"]: e for e in json.loads(pub.get_stats())
+                        if e["type"] == "outbound-rtp" and "rid" in e}
+            assert {rid: (e["frameWidth"], e["frameHeight"]) for rid, e in outbound.items()} == SIZES
             listed = httpx.post(server.url + "/api", headers={"x-sora-target": "Sora_20201013.ListChannelConnections"},
                                 json={"channel_id": channel}, timeout=5).json()
             assert {c["connection_id"]: c["simulcast"] for c in listed}[pub.connection_id] is True

@@ -131,12 +131,12 @@ class _Builder:
 
 
 def _merge(reports: list[dict[str, Any]], entry: dict[str, Any]) -> None:
-    """Add ``entry``, or fill in the fields an existing entry of the same type and mid/id lacks."""
+    """Add ``entry``, or fill in the fields an existing entry of the same type and id (or mid and rid) lacks."""
     for existing in reports:
         if existing.get("type") != entry["type"]:
             continue
         same = existing.get("id") == entry["id"] or (
-            "mid" in entry and existing.get("mid") == entry["mid"])
+            "mid" in entry and existing.get("mid") == entry["mid"] and existing.get("rid") == entry.get("rid"))
         if same:
             for key, value in entry.items():
                 existing.setdefault(key, value)
@@ -174,11 +174,14 @@ def build_report(conn: Connection) -> list[dict[str, Any]]:
                     media_source["height"] = source.frame_height
             _merge(reports, media_source)
         for c in counters:
+            # One entry per simulcast layer, as browsers report them.
             entry: dict[str, Any] = {
-                "id": f"OT{TRANSPORT_ID}{c['mid']}", "type": "outbound-rtp", "timestamp": b.now,
+                "id": f"OT{TRANSPORT_ID}{c['mid']}{c['rid'] or ''}", "type": "outbound-rtp", "timestamp": b.now,
                 "kind": source.kind, "mid": c["mid"], "transportId": TRANSPORT_ID,
                 "mediaSourceId": source_id, "active": bool(source.enabled), "bytesSent": c["bytes_sent"],
             }
+            if c["rid"]:
+                entry["rid"] = c["rid"]
             codec_id = b.codec_id(c["mid"], c["codec"], "O")
             if codec_id:
                 entry["codecId"] = codec_id
@@ -186,9 +189,9 @@ def build_report(conn: Connection) -> list[dict[str, Any]]:
                 entry["framesEncoded"] = c["frames_sent"]
                 entry["framesSent"] = c["frames_sent"]
                 entry["pliCount"] = conn._plis_received
-                if source.frame_width:
-                    entry["frameWidth"] = source.frame_width
-                    entry["frameHeight"] = source.frame_height
+                if source.frame_width and source.frame_height:
+                    entry["frameWidth"] = int(source.frame_width / c["scale"]) // 2 * 2
+                    entry["frameHeight"] = int(source.frame_height / c["scale"]) // 2 * 2
             else:
                 entry["packetsSent"] = c["frames_sent"]
             bytes_sent += c["bytes_sent"]
