@@ -12,6 +12,25 @@ use engine::sfu::{ChannelSpec, ConnectionSpec, DataChannelSpec, OpusFmtp, Sfu};
 
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
+/// A connection spec with the defaults the tests share: receive only, VP8
+/// offered first, no data channels, no simulcast.
+fn connection_spec(channel_id: &str, connection_id: impl Into<String>) -> ConnectionSpec {
+    ConnectionSpec {
+        channel_id: channel_id.into(),
+        connection_id: connection_id.into(),
+        send_audio: false,
+        send_video: false,
+        recv: true,
+        video_codec: "VP8".into(),
+        opus: Default::default(),
+        data_channels: Vec::new(),
+        simulcast_rids: Vec::new(),
+        layer_request: Some(2),
+        bandwidth_estimation: false,
+        spotlight: None,
+    }
+}
+
 struct Rig {
     sfu: Sfu,
     client: ClientEngine,
@@ -34,18 +53,10 @@ impl Rig {
 
     fn join(&mut self, id: &str, send: bool, recv: bool) -> (u64, Option<String>, Option<String>) {
         self.join_spec(ConnectionSpec {
-            channel_id: "room".into(),
-            connection_id: id.into(),
             send_audio: send,
             send_video: send,
             recv,
-            video_codec: "VP8".into(),
-            opus: Default::default(),
-            data_channels: Vec::new(),
-            simulcast_rids: Vec::new(),
-            layer_request: Some(2),
-            bandwidth_estimation: false,
-            spotlight: None,
+            ..connection_spec("room", id)
         })
     }
 
@@ -255,18 +266,10 @@ fn offer_lists_the_requested_video_codec_first() {
     for codec in ["VP8", "VP9", "AV1", "H264", "H265"] {
         let created = sfu
             .create_connection(ConnectionSpec {
-                channel_id: "codecs".into(),
-                connection_id: format!("C-{codec}"),
-                send_audio: false,
                 send_video: true,
                 recv: false,
                 video_codec: codec.into(),
-                opus: Default::default(),
-                data_channels: Vec::new(),
-                simulcast_rids: Vec::new(),
-                layer_request: Some(2),
-                bandwidth_estimation: false,
-                spotlight: None,
+                ..connection_spec("codecs", format!("C-{codec}"))
             })
             .unwrap();
         let sdp = created.sdp;
@@ -291,18 +294,10 @@ fn opus_params_reach_the_offer_fmtp() {
     let mut opus_fmtp = |opus: OpusFmtp, id: &str| {
         let sdp = sfu
             .create_connection(ConnectionSpec {
-                channel_id: "opus".into(),
-                connection_id: id.into(),
                 send_audio: true,
-                send_video: false,
                 recv: false,
-                video_codec: "VP8".into(),
                 opus,
-                data_channels: Vec::new(),
-                simulcast_rids: Vec::new(),
-                layer_request: Some(2),
-                bandwidth_estimation: false,
-                spotlight: None,
+                ..connection_spec("opus", id)
             })
             .unwrap()
             .sdp;
@@ -368,18 +363,8 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
     for (id, chans) in specs {
         let created = sfu
             .create_connection(ConnectionSpec {
-                channel_id: "dc".into(),
-                connection_id: id.into(),
-                send_audio: false,
-                send_video: false,
-                recv: true,
-                video_codec: "VP8".into(),
-                opus: Default::default(),
                 data_channels: chans,
-                simulcast_rids: Vec::new(),
-                layer_request: Some(2),
-                bandwidth_estimation: false,
-                spotlight: None,
+                ..connection_spec("dc", id)
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -493,18 +478,8 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
     for (id, spec) in ids.iter().zip(specs) {
         let created = sfu
             .create_connection(ConnectionSpec {
-                channel_id: "zip".into(),
-                connection_id: id.to_string(),
-                send_audio: false,
-                send_video: false,
-                recv: true,
-                video_codec: "VP8".into(),
-                opus: Default::default(),
                 data_channels: vec![spec],
-                simulcast_rids: Vec::new(),
-                layer_request: Some(2),
-                bandwidth_estimation: false,
-                spotlight: None,
+                ..connection_spec("zip", id.to_string())
             })
             .unwrap();
         let (h, answer) = client.connect(&created.sdp).unwrap();
@@ -577,33 +552,15 @@ fn simulcast_layers_are_selected_switched_on_keyframes_and_fall_back() {
     let mut rig = Rig::new();
     let rids: Vec<String> = ["r0", "r1", "r2"].iter().map(|s| s.to_string()).collect();
     let (pub_h, _, vmid) = rig.join_spec(ConnectionSpec {
-        channel_id: "room".into(),
-        connection_id: "PUB".into(),
-        send_audio: false,
         send_video: true,
         recv: false,
-        video_codec: "VP8".into(),
-        opus: Default::default(),
-        data_channels: Vec::new(),
         simulcast_rids: rids.clone(),
-        layer_request: Some(2),
-        bandwidth_estimation: false,
-        spotlight: None,
+        ..connection_spec("room", "PUB")
     });
     let vmid = vmid.unwrap();
     let (sub_h, _, _) = rig.join_spec(ConnectionSpec {
-        channel_id: "room".into(),
-        connection_id: "SUB".into(),
-        send_audio: false,
-        send_video: false,
-        recv: true,
-        video_codec: "VP8".into(),
-        opus: Default::default(),
-        data_channels: Vec::new(),
-        simulcast_rids: Vec::new(),
         layer_request: Some(0),
-        bandwidth_estimation: false,
-        spotlight: None,
+        ..connection_spec("room", "SUB")
     });
     assert_eq!(
         rig.client.send_rids(pub_h, &vmid).unwrap(),

@@ -349,7 +349,11 @@ impl Shard {
                 None => {}
             }
         }
-        let live = availability(&track.layers, now);
+        // Which layers are live matters only to simulcast packets.
+        let live = match layer {
+            Some(_) => availability(&track.layers, now),
+            None => Default::default(),
+        };
         let track = &*track;
         let nackable = track.kind == Kind::Video;
         // The publisher's capture instant, so that our sender reports keep

@@ -5,17 +5,14 @@
 //! high simulcast layer and everyone else's at a low one; the shard turns
 //! the focus into layer requests ([`super::simulcast::Selection`]).
 //!
-//! Loudness is the mean level over windows of half a second, smoothed, in
+//! Loudness is the mean level over each window between [`Spotlight::tick`]s
+//! (the shard calls it every half second), smoothed, in
 //! dB above silence (0 .. 127). The focus changes with hysteresis: a
 //! speaker takes a focused one's place only when clearly louder, and a
 //! focused speaker who falls silent keeps the focus until someone else
 //! speaks, as people expect of a "last speakers" view.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
-
-/// How often the focus is reconsidered (the shard's allocation tick).
-pub const WINDOW: Duration = Duration::from_millis(500);
 
 /// Below this loudness (dB above silence) a publisher is not speaking.
 /// Speech sits around 90 (-37 dBov), a quiet room below 40.
@@ -136,11 +133,6 @@ impl Spotlight {
 pub struct SpotlightLayers {
     pub focus: Option<super::simulcast::Layer>,
     pub unfocus: Option<super::simulcast::Layer>,
-}
-
-/// Throttle for reconsidering the focus.
-pub fn due(last: Instant, now: Instant) -> bool {
-    now.saturating_duration_since(last) >= WINDOW
 }
 
 #[cfg(test)]
