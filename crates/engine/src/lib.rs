@@ -14,6 +14,7 @@ pub mod demux;
 pub mod event;
 pub mod keyframe;
 pub mod peer;
+pub mod pixels;
 pub mod queue;
 pub mod rewrite;
 pub mod sfu;

@@ -16,6 +16,8 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+mod pixels;
+
 /// Route the engine's `tracing` output to stderr once, filtered by
 /// `HIBIKI_LOG` (e.g. `HIBIKI_LOG=engine=debug`), default warnings only.
 fn init_tracing() {
@@ -559,6 +561,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ShardStats>()?;
     m.add_class::<Sfu>()?;
     m.add_class::<ClientEngine>()?;
+    m.add_function(wrap_pyfunction!(pixels::bgr_to_i420, m)?)?;
+    m.add_function(wrap_pyfunction!(pixels::i420_to_bgr, m)?)?;
+    m.add_function(wrap_pyfunction!(pixels::nv12_to_bgr, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
