@@ -16,6 +16,8 @@ the GIL released) for callers without a loop.
 
 from typing import Literal, Required, TypedDict
 
+from typing_extensions import Buffer
+
 EventKind = Literal[
     # both engines
     "connected",  # ICE and DTLS are up
@@ -260,3 +262,39 @@ class ClientEngine:
         """Close every data channel of a connection."""
     def close_connection(self, handle: str) -> None: ...
     def close(self) -> None: ...
+
+# -- pixel conversion (hibiki.media.pixels wraps these) ----------------------------------------
+
+def bgr_to_i420(
+    bgr: Buffer,
+    planes: tuple[Buffer, Buffer, Buffer],
+    strides: tuple[int, int, int],
+    *,
+    colorspace: int = 2,
+    full_range: bool = False,
+) -> None:
+    """Write the C-contiguous ``(h, w, 3)`` uint8 BGR array ``bgr`` into the Y, U, V
+    ``planes`` (writable buffers, e.g. an ``av.VideoFrame``'s, rows ``strides`` bytes
+    apart), with the GIL released. ``colorspace`` is FFmpeg's AVColorSpace number
+    (1 BT.709, 9 BT.2020, anything else BT.601). Raises ValueError on odd sizes,
+    short, read-only or overlapping buffers."""
+
+def i420_to_bgr(
+    planes: tuple[Buffer, Buffer, Buffer],
+    strides: tuple[int, int, int],
+    out: Buffer,
+    *,
+    colorspace: int = 2,
+    full_range: bool = False,
+) -> None:
+    """Convert I420 ``planes`` into ``out``, a writable C-contiguous ``(h, w, 3)`` uint8 array."""
+
+def nv12_to_bgr(
+    planes: tuple[Buffer, Buffer],
+    strides: tuple[int, int],
+    out: Buffer,
+    *,
+    colorspace: int = 2,
+    full_range: bool = False,
+) -> None:
+    """Convert NV12 ``planes`` (Y, interleaved UV) into ``out``, as :func:`i420_to_bgr`."""
