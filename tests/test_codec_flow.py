@@ -179,15 +179,16 @@ def test_reading_only_planes_costs_no_bgr_conversion(server: ServerProcess, monk
 # -- sora-sdk ------------------------------------------------------------------------------------------
 
 
-def _skip_unless_sora_can(codec: str) -> None:
+def _sora_codec_args(codec: str) -> list[str]:
+    """sora_peer.py arguments that let sora-sdk do ``codec`` in software; skips where it cannot."""
     if codec in SORA_SOFTWARE:
-        return
+        return []
     if codec == "H264":
+        # Debian's libopenh264 comes with chromium, which the test setup installs.
         found = ctypes.util.find_library("openh264")
-        pytest.skip(
-            "sora-sdk does H.264 only through OpenH264 (Sora(openh264=path)); "
-            + ("the test driver does not pass one" if found else "this machine has no libopenh264")
-        )
+        if found is None:
+            pytest.skip("sora-sdk does H.264 only through OpenH264, and this machine has no libopenh264")
+        return ["--openh264", found]
     pytest.skip(f"sora-sdk has no software {codec} codec (hardware engines only)")
 
 
@@ -198,7 +199,7 @@ def sora_frames(peer: SoraPeer, count: int, what: str) -> list[Event]:
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_hibiki_sends_to_sora_sdk(server: ServerProcess, codec: str) -> None:
-    _skip_unless_sora_can(codec)
+    sora_args = _sora_codec_args(codec)
     channel = new_channel_id()
     sdk = hibiki.Hibiki()
     source = sdk.create_video_source()
@@ -209,7 +210,7 @@ def test_hibiki_sends_to_sora_sdk(server: ServerProcess, codec: str) -> None:
         with (
             feeding(source, counter_base=30_000),
             SoraPeer.start(server.signaling_url, "recvonly", channel, "--receive", "--no-audio",
-                           "--video-codec", codec, name=f"sora-{codec}") as sub,
+                           "--video-codec", codec, *sora_args, name=f"sora-{codec}") as sub,
         ):
             sub.wait_connected()
             frames = sora_frames(sub, 25, f"25 {codec} frames decoded by sora-sdk")
@@ -224,7 +225,7 @@ def test_hibiki_sends_to_sora_sdk(server: ServerProcess, codec: str) -> None:
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_sora_sdk_sends_to_hibiki(server: ServerProcess, codec: str) -> None:
-    _skip_unless_sora_can(codec)
+    sora_args = _sora_codec_args(codec)
     channel = new_channel_id()
     sdk = hibiki.Hibiki()
     sub = sdk.create_connection([server.signaling_url], "recvonly", channel, audio=False)
@@ -232,7 +233,8 @@ def test_sora_sdk_sends_to_hibiki(server: ServerProcess, codec: str) -> None:
     sub.on_track = tracks.append
     log = FrameLog()
     with SoraPeer.start(server.signaling_url, "sendonly", channel, "--send", "--no-audio",
-                        "--video-codec", codec, "--counter-base", "40000", name=f"sora-{codec}") as pub:
+                        "--video-codec", codec, "--counter-base", "40000", *sora_args,
+                        name=f"sora-{codec}") as pub:
         pub.wait_connected()
         try:
             sub.connect()

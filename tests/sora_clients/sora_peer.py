@@ -56,8 +56,11 @@ from sora_sdk import (
     SoraAudioSink,
     SoraMediaTrack,
     SoraSignalingErrorCode,
+    SoraVideoCodecImplementation,
     SoraVideoFrameTransformer,
     SoraVideoSink,
+    create_video_codec_preference_from_implementation,
+    get_video_codec_capability,
 )
 
 
@@ -110,6 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metadata", type=json.loads)
     p.add_argument("--signaling-notify-metadata", type=json.loads)
     p.add_argument("--video-codec", default="VP8")
+    p.add_argument("--openh264", help="path of libopenh264: H.264 through Cisco's OpenH264, the rest INTERNAL")
     p.add_argument("--no-audio", action="store_true")
     p.add_argument("--no-video", action="store_true")
     p.add_argument("--send", action="store_true", help="publish the test pattern and a tone")
@@ -135,10 +139,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def openh264_options(library: str) -> dict[str, Any]:
+    """``Sora(...)`` arguments for H.264 through OpenH264 and the built-in codecs for the rest.
+
+    ``openh264=`` alone only loads the library: sora-sdk 2025.4 still answers
+    without H.264 until the codec preference names CISCO_OPENH264 for it.
+    """
+    capability = get_video_codec_capability(openh264=library)
+    preference = create_video_codec_preference_from_implementation(
+        capability, SoraVideoCodecImplementation.INTERNAL)
+    preference.merge(create_video_codec_preference_from_implementation(
+        capability, SoraVideoCodecImplementation.CISCO_OPENH264))
+    return {"openh264": library, "video_codec_preference": preference}
+
+
 class Peer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.sora = Sora()
+        self.sora = Sora(**openh264_options(args.openh264)) if args.openh264 else Sora()
         self.stop = threading.Event()
         self.disconnected = threading.Event()
         self.connection_id: str | None = None

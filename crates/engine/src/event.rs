@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crate::frames::FrameQueue;
+
 /// What happened. Mirrors `EventKind` in `_core.pyi`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EventKind {
@@ -72,6 +74,9 @@ pub struct EngineEvent {
     /// one asked for (`keyframe_request` on the client).
     pub rid: Option<String>,
     pub previous_rid: Option<String>,
+    /// Client `track_added` on a connection made with frame routing: the
+    /// queue that this track's frames go to instead of the event queue.
+    pub frames: Option<Arc<FrameQueue>>,
 }
 
 /// RTP-level facts about a received frame, for encoded-frame transforms
@@ -116,6 +121,7 @@ impl EngineEvent {
             frame: None,
             rid: None,
             previous_rid: None,
+            frames: None,
         }
     }
 }

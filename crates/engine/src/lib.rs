@@ -12,6 +12,7 @@
 pub mod client;
 pub mod demux;
 pub mod event;
+pub mod frames;
 pub mod keyframe;
 pub mod peer;
 pub mod pixels;

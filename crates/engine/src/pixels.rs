@@ -82,15 +82,25 @@ pub struct Nv12<'a> {
     pub uv: (&'a [u8], usize),
 }
 
-fn check_plane(what: &str, len: usize, stride: usize, row: usize, rows: usize) -> Result<(), String> {
+fn check_plane(
+    what: &str,
+    len: usize,
+    stride: usize,
+    row: usize,
+    rows: usize,
+) -> Result<(), String> {
     if stride < row {
-        return Err(format!("{what}: stride {stride} is shorter than a row of {row} bytes"));
+        return Err(format!(
+            "{what}: stride {stride} is shorter than a row of {row} bytes"
+        ));
     }
     // Whole rows, the last one included: the `yuv` kernels walk rows in
     // pairs of full strides and get a shorter last pair wrong.
     let need = stride * rows;
     if len < need {
-        return Err(format!("{what}: {len} bytes, a {rows}-row plane needs {need}"));
+        return Err(format!(
+            "{what}: {len} bytes, a {rows}-row plane needs {need}"
+        ));
     }
     Ok(())
 }
@@ -169,8 +179,14 @@ pub fn i420_to_bgr(
         width: w,
         height: h,
     };
-    yuv::yuv420_to_bgr(&image, bgr, stride32(bgr_stride)?, color.range(), color.matrix.yuv())
-        .map_err(|e| e.to_string())
+    yuv::yuv420_to_bgr(
+        &image,
+        bgr,
+        stride32(bgr_stride)?,
+        color.range(),
+        color.matrix.yuv(),
+    )
+    .map_err(|e| e.to_string())
 }
 
 /// NV12 to packed BGR (rows `bgr_stride` bytes apart).
@@ -220,7 +236,12 @@ mod tests {
     #[test]
     fn flat_colours_match_bt601_and_come_back() {
         let (w, h) = (64, 32);
-        for (b, g, r) in [(0u8, 0u8, 0u8), (255, 255, 255), (30, 90, 200), (200, 40, 10)] {
+        for (b, g, r) in [
+            (0u8, 0u8, 0u8),
+            (255, 255, 255),
+            (30, 90, 200),
+            (200, 40, 10),
+        ] {
             let bgr: Vec<u8> = (0..w * h).flat_map(|_| [b, g, r]).collect();
             let (mut y, mut u, mut v) = (vec![0; w * h], vec![0; w * h / 4], vec![0; w * h / 4]);
             bgr_to_i420(
@@ -228,7 +249,11 @@ mod tests {
                 w * 3,
                 w,
                 h,
-                I420Mut { y: (&mut y, w), u: (&mut u, w / 2), v: (&mut v, w / 2) },
+                I420Mut {
+                    y: (&mut y, w),
+                    u: (&mut u, w / 2),
+                    v: (&mut v, w / 2),
+                },
                 ColorSpace::default(),
             )
             .unwrap();
@@ -238,7 +263,11 @@ mod tests {
             assert!((v[10] as f64 - ev).abs() <= 1.5, "V {} vs {ev}", v[10]);
             let mut back = vec![0u8; w * h * 3];
             i420_to_bgr(
-                I420 { y: (&y, w), u: (&u, w / 2), v: (&v, w / 2) },
+                I420 {
+                    y: (&y, w),
+                    u: (&u, w / 2),
+                    v: (&v, w / 2),
+                },
                 w,
                 h,
                 &mut back,
@@ -260,15 +289,40 @@ mod tests {
         let u = vec![128u8; cs * h / 2];
         let v = vec![128u8; cs * h / 2];
         let mut bgr = vec![0u8; 20 * h];
-        i420_to_bgr(I420 { y: (&y, ys), u: (&u, cs), v: (&v, cs) }, w, h, &mut bgr, 20, ColorSpace::default())
-            .unwrap();
+        i420_to_bgr(
+            I420 {
+                y: (&y, ys),
+                u: (&u, cs),
+                v: (&v, cs),
+            },
+            w,
+            h,
+            &mut bgr,
+            20,
+            ColorSpace::default(),
+        )
+        .unwrap();
         // Mid grey; the padding after each row is left alone.
-        assert!(bgr[..18].iter().all(|&p| (128..=132).contains(&p)), "{:?}", &bgr[..18]);
+        assert!(
+            bgr[..18].iter().all(|&p| (128..=132).contains(&p)),
+            "{:?}",
+            &bgr[..18]
+        );
         assert!(bgr[18..20].iter().all(|&p| p == 0));
         let uv = vec![128u8; ys * h / 2];
         let mut bgr2 = vec![0u8; w * 3 * h];
-        nv12_to_bgr(Nv12 { y: (&y, ys), uv: (&uv, ys) }, w, h, &mut bgr2, w * 3, ColorSpace::default())
-            .unwrap();
+        nv12_to_bgr(
+            Nv12 {
+                y: (&y, ys),
+                uv: (&uv, ys),
+            },
+            w,
+            h,
+            &mut bgr2,
+            w * 3,
+            ColorSpace::default(),
+        )
+        .unwrap();
         assert_eq!(&bgr2[..18], &bgr[..18]);
     }
 
@@ -277,14 +331,22 @@ mod tests {
         let mut y = vec![0u8; 16];
         let mut u = vec![0u8; 4];
         let mut v = vec![0u8; 4];
-        let out = || I420Mut { y: (&mut [][..], 4), u: (&mut [][..], 2), v: (&mut [][..], 2) };
+        let out = || I420Mut {
+            y: (&mut [][..], 4),
+            u: (&mut [][..], 2),
+            v: (&mut [][..], 2),
+        };
         assert!(bgr_to_i420(&[0; 48], 12, 4, 4, out(), ColorSpace::default()).is_err());
         let err = bgr_to_i420(
             &[0; 47],
             12,
             4,
             4,
-            I420Mut { y: (&mut y, 4), u: (&mut u, 2), v: (&mut v, 2) },
+            I420Mut {
+                y: (&mut y, 4),
+                u: (&mut u, 2),
+                v: (&mut v, 2),
+            },
             ColorSpace::default(),
         )
         .unwrap_err();
@@ -294,7 +356,11 @@ mod tests {
             9,
             3,
             5,
-            I420Mut { y: (&mut y, 4), u: (&mut u, 2), v: (&mut v, 2) },
+            I420Mut {
+                y: (&mut y, 4),
+                u: (&mut u, 2),
+                v: (&mut v, 2),
+            },
             ColorSpace::default(),
         )
         .unwrap_err();

@@ -38,6 +38,8 @@ struct Rig {
     handles: HashMap<String, u64>,
     client_events: Vec<EngineEvent>,
     sfu_events: Vec<EngineEvent>,
+    /// Connect clients with per-track frame queues.
+    route_frames: bool,
 }
 
 impl Rig {
@@ -48,6 +50,7 @@ impl Rig {
             handles: HashMap::new(),
             client_events: Vec::new(),
             sfu_events: Vec::new(),
+            route_frames: false,
         }
     }
 
@@ -64,7 +67,10 @@ impl Rig {
         let id = spec.connection_id.clone();
         let created = self.sfu.create_connection(spec).unwrap();
         let id = id.as_str();
-        let (h, answer) = self.client.connect(&created.sdp).unwrap();
+        let (h, answer) = self
+            .client
+            .connect(&created.sdp, self.route_frames)
+            .unwrap();
         self.sfu.accept_answer(id, &answer).unwrap();
         self.handles.insert(id.to_string(), h);
         (h, created.audio_mid, created.video_mid)
@@ -172,6 +178,86 @@ fn forwards_audio_and_video_content_intact() {
         .collect();
     assert_eq!(added.len(), 2);
     assert!(added.iter().all(|e| e.stream_id.as_deref() == Some("PUB")));
+}
+
+#[test]
+fn routed_frames_reach_each_tracks_queue_in_order_until_it_closes() {
+    let mut rig = Rig::new();
+    rig.route_frames = true;
+    let (pub_h, amid, vmid) = rig.join("PUB", true, false);
+    let (sub_h, _, _) = rig.join("SUB", false, true);
+    let (amid, vmid) = (amid.unwrap(), vmid.unwrap());
+    let mut queues = HashMap::new();
+    let mut got: HashMap<&'static str, Vec<EngineEvent>> = HashMap::new();
+    let mut n = 0u32;
+    let ok = rig.pump_until(Duration::from_secs(10), |rig| {
+        for e in rig
+            .client_events
+            .iter()
+            .filter(|e| e.kind == EventKind::TrackAdded)
+        {
+            queues
+                .entry(e.media.unwrap())
+                .or_insert_with(|| e.frames.clone().expect("track_added carries its queue"));
+        }
+        rig.client.write_frame(
+            pub_h,
+            &vmid,
+            None,
+            "VP8",
+            &video_frame(n),
+            n as u64 * 3000,
+            None,
+            None,
+        );
+        rig.client.write_frame(
+            pub_h,
+            &amid,
+            None,
+            "OPUS",
+            &[0x78, n as u8],
+            n as u64 * 960,
+            None,
+            None,
+        );
+        n += 1;
+        for (media, q) in &queues {
+            let batch = q.wait(Duration::ZERO, 64);
+            assert!(!batch.closed);
+            got.entry(media).or_default().extend(batch.frames);
+        }
+        got.values().filter(|v| v.len() >= 20).count() == 2
+    });
+    assert!(ok, "20 audio and 20 video frames through the track queues");
+    assert!(
+        rig.frames_for(sub_h, "video").is_empty(),
+        "no frame on the event queue"
+    );
+    assert!(rig.frames_for(sub_h, "audio").is_empty());
+    let nums: Vec<u32> = got["video"]
+        .iter()
+        .map(|f| {
+            let d = f.data.as_ref().unwrap();
+            assert_eq!(
+                &d[..],
+                &video_frame(u32::from_be_bytes(d[d.len() - 4..].try_into().unwrap()))[..]
+            );
+            u32::from_be_bytes(d[d.len() - 4..].try_into().unwrap())
+        })
+        .collect();
+    assert!(nums.windows(2).all(|w| w[1] > w[0]), "in order: {nums:?}");
+    assert!(got["audio"]
+        .iter()
+        .all(|f| f.media == Some("audio") && f.mid.as_deref().is_some()));
+
+    // The publisher leaves: its tracks' queues close.
+    rig.sfu.close_connection("PUB");
+    rig.client.close_connection(pub_h);
+    let ok = rig.pump_until(Duration::from_secs(10), |_| {
+        queues.values().all(|q| q.is_closed())
+    });
+    assert!(ok, "queues close with their tracks");
+    assert!(queues["video"].wait(Duration::from_secs(1), 8).closed);
 }
 
 #[test]
@@ -367,7 +453,7 @@ fn messaging_channels_are_forwarded_with_header_and_direction() {
                 ..connection_spec("dc", id)
             })
             .unwrap();
-        let (h, answer) = client.connect(&created.sdp).unwrap();
+        let (h, answer) = client.connect(&created.sdp, false).unwrap();
         sfu.accept_answer(id, &answer).unwrap();
         handles.insert(id, h);
     }
@@ -482,7 +568,7 @@ fn compressed_messaging_is_recompressed_per_receiver_with_header_inside() {
                 ..connection_spec("zip", id.to_string())
             })
             .unwrap();
-        let (h, answer) = client.connect(&created.sdp).unwrap();
+        let (h, answer) = client.connect(&created.sdp, false).unwrap();
         sfu.accept_answer(id, &answer).unwrap();
         handles.push(h);
     }

@@ -60,6 +60,7 @@ struct Event {
     spatial_index: Option<u8>,
     rid: Option<String>,
     previous_rid: Option<String>,
+    frames: Option<Py<FrameQueue>>,
 }
 
 #[pymethods]
@@ -105,10 +106,58 @@ fn to_py_events(py: Python<'_>, events: Vec<EngineEvent>) -> PyResult<Vec<Py<Eve
                     spatial_index: f.and_then(|f| f.spatial_index),
                     rid: e.rid,
                     previous_rid: e.previous_rid,
+                    frames: e
+                        .frames
+                        .map(|q| Py::new(py, FrameQueue { inner: q }))
+                        .transpose()?,
                 },
             )
         })
         .collect()
+}
+
+/// The frames of one remote track, for its decoder thread (see `_core.pyi`).
+#[pyclass(frozen, module = "hibiki._core")]
+struct FrameQueue {
+    inner: std::sync::Arc<engine::frames::FrameQueue>,
+}
+
+#[pymethods]
+impl FrameQueue {
+    /// (frames, overflowed, closed), blocking up to `timeout` without the GIL.
+    #[pyo3(signature = (timeout, max=64))]
+    fn wait(
+        &self,
+        py: Python<'_>,
+        timeout: f64,
+        max: usize,
+    ) -> PyResult<(Vec<Py<Event>>, bool, bool)> {
+        let d = Duration::from_secs_f64(timeout.clamp(0.0, 3600.0));
+        let batch = py.detach(|| self.inner.wait(d, max));
+        Ok((
+            to_py_events(py, batch.frames)?,
+            batch.overflowed,
+            batch.closed,
+        ))
+    }
+
+    fn wake(&self) {
+        self.inner.wake();
+    }
+
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    #[getter]
+    fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
 }
 
 /// The result of `Sfu.create_connection`.
@@ -455,9 +504,17 @@ impl ClientEngine {
         to_py_events(py, events)
     }
 
-    fn connect(&self, py: Python<'_>, offer_sdp: &str) -> PyResult<(String, String)> {
+    #[pyo3(signature = (offer_sdp, *, route_frames=false))]
+    fn connect(
+        &self,
+        py: Python<'_>,
+        offer_sdp: &str,
+        route_frames: bool,
+    ) -> PyResult<(String, String)> {
         let engine = self.get()?;
-        let (handle, answer) = py.detach(|| engine.connect(offer_sdp)).map_err(value_err)?;
+        let (handle, answer) = py
+            .detach(|| engine.connect(offer_sdp, route_frames))
+            .map_err(value_err)?;
         Ok((handle.to_string(), answer))
     }
 
@@ -561,6 +618,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ShardStats>()?;
     m.add_class::<Sfu>()?;
     m.add_class::<ClientEngine>()?;
+    m.add_class::<FrameQueue>()?;
     m.add_function(wrap_pyfunction!(pixels::bgr_to_i420, m)?)?;
     m.add_function(wrap_pyfunction!(pixels::i420_to_bgr, m)?)?;
     m.add_function(wrap_pyfunction!(pixels::nv12_to_bgr, m)?)?;

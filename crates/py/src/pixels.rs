@@ -2,7 +2,7 @@
 //! `engine::pixels`. The pixels are read and written in place (numpy
 //! arrays, `av.VideoFrame` planes) with the GIL released.
 
-use engine::pixels::{self, ColorSpace, Matrix, I420Mut, Nv12, I420};
+use engine::pixels::{self, ColorSpace, I420Mut, Matrix, Nv12, I420};
 use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -20,10 +20,14 @@ impl View {
         let buf = PyBuffer::<u8>::get(obj)
             .map_err(|e| PyValueError::new_err(format!("{what}: not a byte buffer ({e})")))?;
         if writable && buf.readonly() {
-            return Err(PyValueError::new_err(format!("{what}: the buffer is read-only")));
+            return Err(PyValueError::new_err(format!(
+                "{what}: the buffer is read-only"
+            )));
         }
         if !buf.is_c_contiguous() {
-            return Err(PyValueError::new_err(format!("{what}: the buffer is not contiguous")));
+            return Err(PyValueError::new_err(format!(
+                "{what}: the buffer is not contiguous"
+            )));
         }
         let span = buf.len_bytes();
         Ok(View { buf, span })

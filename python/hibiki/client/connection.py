@@ -618,7 +618,8 @@ class Connection:
         self._mids = {k: v for k, v in mids.items() if isinstance(v, str)} if isinstance(mids, dict) else {}
         self._hub = get_engine()
         try:
-            handle, answer = self._hub.engine.connect(sdp)
+            # Each remote track's frames go straight to its decoder thread.
+            handle, answer = self._hub.engine.connect(sdp, route_frames=True)
         except Exception as exc:
             raise HibikiConnectionError(
                 SignalingErrorCode.ICE_FAILED, f"the engine could not apply the offer: {exc}"
@@ -1386,6 +1387,7 @@ class Connection:
             request_keyframe=self._request_keyframe,
             request_simulcast_rid=self.request_simulcast_rid,
             video_codec_preference=self._video_preference,
+            frames=event.frames,
         )
         self._tracks[mid] = track
         self._log(logging.INFO, "track added: %s mid %s from %s", media, mid, track.stream_id)

@@ -30,7 +30,7 @@ from .buffers import FrameBuffer
 from .transform import DecoderInput, ReceiveRoute, check_transformer
 
 if TYPE_CHECKING:  # pragma: no cover
-    from hibiki._core import Event
+    from hibiki._core import Event, FrameQueue
 
     from .sinks import AudioSinkBase, VideoSink
     from .transform import FrameTransformer
@@ -47,6 +47,11 @@ _KEYFRAME_REQUEST_INTERVAL = 0.3
 _VIDEO_INPUT_QUEUE = 60
 _AUDIO_INPUT_QUEUE = 100  # 2 s of 20 ms packets
 # Decoded frames kept for recv(): video keeps the latest few, audio ~0.5 s.
+# How the decoder thread takes frames from the engine's per-track queue:
+# whatever has arrived, up to a batch, re-checking Python-side items at
+# least once a second.
+_FRAME_BATCH = 64
+_FRAME_WAIT_S = 1.0
 _VIDEO_RECV_BUFFER = 3
 _AUDIO_RECV_BUFFER = 25
 
@@ -303,6 +308,7 @@ class MediaTrack:
         request_keyframe: Callable[[str], None],
         request_simulcast_rid: Callable[..., Awaitable[None]] | None = None,
         video_codec_preference: Any = None,
+        frames: FrameQueue | None = None,
     ) -> None:
         self.kind: Literal["audio", "video"] = kind
         # hibiki.media.codecs.CodecPreference (or None: software): which
@@ -323,6 +329,11 @@ class MediaTrack:
         self._cond = threading.Condition()
         self._input: deque[Any] = deque()
         self._input_max = _VIDEO_INPUT_QUEUE if kind == "video" else _AUDIO_INPUT_QUEUE
+        # The engine's queue of this track's frames (connections route them
+        # per track), which the decoder thread blocks on; None when frames
+        # come through _push from the SDK loop instead.
+        self._frames = frames
+        self._batch: deque[Any] = deque()  # taken from _frames, decoder thread only
         self._buffer: FrameBuffer[Any] = FrameBuffer(
             _VIDEO_RECV_BUFFER if kind == "video" else _AUDIO_RECV_BUFFER, what=f"{kind} frame"
         )
@@ -393,7 +404,7 @@ class MediaTrack:
             inline = self._ended or threading.current_thread() is self._thread or not self._thread.is_alive()
             if not inline:
                 self._input.appendleft(switch)
-                self._cond.notify()
+                self._signal()
         if inline:
             self._apply_route(switch)
             return
@@ -423,7 +434,7 @@ class MediaTrack:
                 # The decoder restarts at a keyframe: no picture mixes frames
                 # that went through different transforms.
                 self._input.appendleft(_RESET)
-                self._cond.notify()
+                self._signal()
             switch.done.set()
 
     @property
@@ -528,7 +539,13 @@ class MediaTrack:
                 logger.warning("[%s] %s track %s: decoder fell behind, dropping a backlog",
                                self.connection_id, self.kind, self.mid)
             self._input.append(item)
-            self._cond.notify()
+            self._signal()
+
+    def _signal(self) -> None:
+        """Wake the decoder thread for a new item in ``_input`` (call with ``_cond`` held)."""
+        self._cond.notify()
+        if self._frames is not None:
+            self._frames.wake()  # it may be blocked on the engine's queue instead
 
     def _end(self) -> None:
         """Stop decoding and end readers and sinks. Idempotent, any thread."""
@@ -538,7 +555,9 @@ class MediaTrack:
             self._ended = True
             self._input.clear()
             self._input.append(_STOP)
-            self._cond.notify()
+            self._signal()
+            if self._frames is not None:
+                self._frames.close()  # the engine stops queueing our frames
             sinks: tuple[VideoSink | AudioSinkBase, ...] = (*self._video_sinks, *self._audio_sinks)
         self._request_keyframe = None
         self._buffer.close()
@@ -588,10 +607,33 @@ class MediaTrack:
         return None
 
     def _next(self) -> Any:
-        with self._cond:
-            while not self._input:
-                self._cond.wait()
-            return self._input.popleft()
+        """The decoder thread's next item: Python-side ones (stop, reset,
+        transformer output) first, then the engine's frames in order."""
+        while True:
+            with self._cond:
+                if self._input:
+                    return self._input.popleft()
+                if self._batch:
+                    return self._batch.popleft()
+                frames = self._frames
+                if frames is None or frames.closed:
+                    # Frames come through _push, or the engine closed the
+                    # queue (track gone): wait for Python-side items (_end's stop).
+                    self._cond.wait()
+                    continue
+            # A wake() from _signal between the check above and this wait is
+            # kept by the queue, so no item waits for the timeout.
+            events, overflowed, _closed = frames.wait(_FRAME_WAIT_S, _FRAME_BATCH)
+            if overflowed:
+                # The decoder is far behind: the engine dropped the backlog;
+                # restart at a keyframe.
+                logger.warning("[%s] %s track %s: decoder fell behind, dropping a backlog",
+                               self.connection_id, self.kind, self.mid)
+                self._batch.append(_RESET)
+            if events:
+                self.frames_received += len(events)
+                self.bytes_received += sum(len(e.data or b"") for e in events)
+                self._batch.extend(events)
 
     def _run(self) -> None:
         try:

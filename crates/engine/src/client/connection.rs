@@ -10,9 +10,15 @@ use mio::net::UdpSocket;
 
 use super::pick_local;
 use crate::event::{EngineEvent, EventKind};
+use crate::frames::FrameQueue;
 use crate::peer::{mid_from_str, Mid, Output, Peer, PeerEvent};
 use crate::queue::EventSender;
 use crate::timer::TimerHeap;
+
+/// Frames a remote track's queue holds for a decoder that fell behind:
+/// 2 s of 30 fps video, 2 s of 20 ms audio packets.
+const VIDEO_QUEUE: usize = 60;
+const AUDIO_QUEUE: usize = 100;
 
 pub(crate) struct ClientConnection {
     pub handle: u64,
@@ -20,8 +26,11 @@ pub(crate) struct ClientConnection {
     pub peer: Peer,
     pub socket: UdpSocket,
     pub candidates: Vec<SocketAddr>,
-    /// Remote tracks announced to Python, by mid.
-    remote: HashMap<Mid, ()>,
+    /// Remote tracks announced to Python, by mid, with their frame queue
+    /// when frames are routed per track.
+    remote: HashMap<Mid, Option<Arc<FrameQueue>>>,
+    /// Give each remote track its own [`FrameQueue`] (see `ClientEngine::connect`).
+    route_frames: bool,
     pub connected: bool,
     reported_connected: bool,
     pub dead: Option<String>,
@@ -50,7 +59,7 @@ fn host_ips() -> Vec<IpAddr> {
 }
 
 impl ClientConnection {
-    pub fn new(handle: u64, mut peer: Peer) -> std::io::Result<Self> {
+    pub fn new(handle: u64, mut peer: Peer, route_frames: bool) -> std::io::Result<Self> {
         let std_socket =
             crate::socket::bind_udp(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0))?;
         let port = std_socket.local_addr()?.port();
@@ -69,6 +78,7 @@ impl ClientConnection {
             socket,
             candidates,
             remote: HashMap::new(),
+            route_frames,
             connected: false,
             reported_connected: false,
             dead: None,
@@ -94,15 +104,24 @@ impl ClientConnection {
             let known = self.remote.contains_key(&info.mid);
             let live = info.receiving && !info.stopped;
             if live && !known {
-                self.remote.insert(info.mid, ());
+                let queue = self.route_frames.then(|| {
+                    Arc::new(FrameQueue::new(match info.kind.as_str() {
+                        "audio" => AUDIO_QUEUE,
+                        _ => VIDEO_QUEUE,
+                    }))
+                });
+                self.remote.insert(info.mid, queue.clone());
                 let mut ev = EngineEvent::new(EventKind::TrackAdded, self.name.clone());
                 ev.mid = Some(info.mid.to_string());
                 ev.media = Some(info.kind.as_str());
                 ev.stream_id = Some(info.stream_id);
                 ev.track_id = Some(info.track_id);
+                ev.frames = queue;
                 self.pending.push(ev);
             } else if !live && known {
-                self.remote.remove(&info.mid);
+                if let Some(Some(queue)) = self.remote.remove(&info.mid) {
+                    queue.close();
+                }
                 let mut ev = EngineEvent::new(EventKind::TrackRemoved, self.name.clone());
                 ev.mid = Some(info.mid.to_string());
                 ev.media = Some(info.kind.as_str());
@@ -162,6 +181,7 @@ impl ClientConnection {
                 self.dead.get_or_insert_with(|| why.into());
             }
             PeerEvent::Frame(f) => {
+                let queue = self.remote.get(&f.mid).and_then(|q| q.as_ref());
                 let mut ev = EngineEvent::new(EventKind::Frame, name);
                 ev.mid = Some(f.mid.to_string());
                 ev.media = Some(f.kind.as_str());
@@ -171,7 +191,10 @@ impl ClientConnection {
                 ev.contiguous = Some(f.contiguous);
                 ev.data = Some(f.data);
                 ev.frame = Some(f.meta);
-                events.send(ev);
+                match queue {
+                    Some(q) => q.push(ev),
+                    None => events.send(ev),
+                }
             }
             PeerEvent::KeyframeRequest(mid, rid) => {
                 let mut ev = EngineEvent::new(EventKind::KeyframeRequest, name);
@@ -214,6 +237,15 @@ impl ClientConnection {
                 ));
             }
             PeerEvent::Rtp(_) | PeerEvent::SenderReport { .. } => {}
+        }
+    }
+}
+
+impl Drop for ClientConnection {
+    /// Decoder threads blocked on a frame queue learn that nothing more comes.
+    fn drop(&mut self) {
+        for queue in self.remote.values().flatten() {
+            queue.close();
         }
     }
 }

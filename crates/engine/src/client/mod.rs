@@ -29,7 +29,7 @@ use connection::ClientConnection;
 type Reply<T> = crossbeam_channel::Sender<Result<T, String>>;
 
 enum Command {
-    Connect(u64, String, Reply<String>),
+    Connect(u64, String, bool, Reply<String>),
     AcceptOffer(u64, String, Reply<String>),
     Candidate(u64, String),
     WriteFrame {
@@ -107,9 +107,14 @@ impl ClientEngine {
     }
 
     /// Create a connection from the server's offer: (handle, answer SDP).
-    pub fn connect(&self, offer: &str) -> Result<(u64, String), String> {
+    ///
+    /// With `route_frames`, each remote track's `track_added` event carries
+    /// a [`FrameQueue`](crate::frames::FrameQueue) and that track's frames
+    /// go there rather than to the event queue, for a decoder thread to
+    /// take directly.
+    pub fn connect(&self, offer: &str, route_frames: bool) -> Result<(u64, String), String> {
         let handle = self.next_handle.fetch_add(1, Ordering::Relaxed);
-        let answer = self.call(|r| Command::Connect(handle, offer.to_string(), r))?;
+        let answer = self.call(|r| Command::Connect(handle, offer.to_string(), route_frames, r))?;
         Ok((handle, answer))
     }
 
@@ -337,8 +342,8 @@ impl Worker {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect(handle, offer, reply) => {
-                let r = self.connect(handle, &offer);
+            Command::Connect(handle, offer, route_frames, reply) => {
+                let r = self.connect(handle, &offer, route_frames);
                 let _ = reply.send(r);
             }
             Command::AcceptOffer(handle, sdp, reply) => {
@@ -447,9 +452,10 @@ impl Worker {
         }
     }
 
-    fn connect(&mut self, handle: u64, offer: &str) -> Result<String, String> {
+    fn connect(&mut self, handle: u64, offer: &str, route_frames: bool) -> Result<String, String> {
         let peer = Peer::new(Role::Client, Instant::now(), None, None, Default::default());
-        let mut conn = ClientConnection::new(handle, peer).map_err(|e| e.to_string())?;
+        let mut conn =
+            ClientConnection::new(handle, peer, route_frames).map_err(|e| e.to_string())?;
         self.poll
             .registry()
             .register(
