@@ -7,7 +7,12 @@
 //!
 //! Both are driven by commands over channels and report [`event::EngineEvent`]s
 //! through a [`queue::EventQueue`] whose file descriptor an asyncio loop can
-//! watch. No Python runs on these threads. str0m is only touched in [`peer`].
+//! watch; the client can instead hand each remote track's frames to a
+//! [`frames::FrameQueue`] that the track's decoder thread waits on. No Python
+//! runs on these threads. str0m is only touched in [`peer`].
+//!
+//! [`pixels`] converts between packed BGR and I420/NV12 for the SDK's
+//! encoders and decoders (SIMD, in place).
 
 pub mod client;
 pub mod demux;

@@ -1,9 +1,10 @@
 """Remote tracks: encoded frames from the engine in, decoded numpy frames out.
 
-Each remote track owns a decoder worker thread with a small bounded queue.
-The SDK loop only appends encoded frames to that queue (cheap), so decoding
-never delays signaling or other tracks, and one slow consumer never stalls
-another track.
+Each remote track owns a decoder worker thread. It takes its encoded frames
+straight from the engine's bounded per-track queue (``_core.FrameQueue``,
+waited on without the GIL), so frames never pass through the SDK's asyncio
+loop: decoding never delays signaling or other tracks, one slow consumer
+never stalls another track, and each frame costs one thread wake-up.
 
 Video decoding only starts at a keyframe and stops again after a loss
 (``contiguous`` False), an overflow of the queue or a decoder error (the
@@ -46,12 +47,12 @@ _KEYFRAME_REQUEST_INTERVAL = 0.3
 # decoder is hopelessly behind and we restart from a fresh keyframe instead.
 _VIDEO_INPUT_QUEUE = 60
 _AUDIO_INPUT_QUEUE = 100  # 2 s of 20 ms packets
-# Decoded frames kept for recv(): video keeps the latest few, audio ~0.5 s.
 # How the decoder thread takes frames from the engine's per-track queue:
 # whatever has arrived, up to a batch, re-checking Python-side items at
 # least once a second.
 _FRAME_BATCH = 64
 _FRAME_WAIT_S = 1.0
+# Decoded frames kept for recv(): video keeps the latest few, audio ~0.5 s.
 _VIDEO_RECV_BUFFER = 3
 _AUDIO_RECV_BUFFER = 25
 
