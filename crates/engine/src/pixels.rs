@@ -105,6 +105,14 @@ fn check_plane(
     Ok(())
 }
 
+/// The Y, U and V planes, as (bytes, stride), of a 4:2:0 picture.
+fn check_i420(planes: [(usize, usize); 3], width: usize, height: usize) -> Result<(), String> {
+    let [y, u, v] = planes;
+    check_plane("Y plane", y.0, y.1, width, height)?;
+    check_plane("U plane", u.0, u.1, width / 2, height / 2)?;
+    check_plane("V plane", v.0, v.1, width / 2, height / 2)
+}
+
 fn check_size(width: usize, height: usize) -> Result<(u32, u32), String> {
     if width == 0 || height == 0 || width % 2 != 0 || height % 2 != 0 {
         return Err(format!(
@@ -131,9 +139,15 @@ pub fn bgr_to_i420(
 ) -> Result<(), String> {
     let (w, h) = check_size(width, height)?;
     check_plane("BGR picture", bgr.len(), bgr_stride, width * 3, height)?;
-    check_plane("Y plane", out.y.0.len(), out.y.1, width, height)?;
-    check_plane("U plane", out.u.0.len(), out.u.1, width / 2, height / 2)?;
-    check_plane("V plane", out.v.0.len(), out.v.1, width / 2, height / 2)?;
+    check_i420(
+        [
+            (out.y.0.len(), out.y.1),
+            (out.u.0.len(), out.u.1),
+            (out.v.0.len(), out.v.1),
+        ],
+        width,
+        height,
+    )?;
     let mut image = YuvPlanarImageMut {
         y_plane: BufferStoreMut::Borrowed(out.y.0),
         y_stride: stride32(out.y.1)?,
@@ -165,9 +179,15 @@ pub fn i420_to_bgr(
     color: ColorSpace,
 ) -> Result<(), String> {
     let (w, h) = check_size(width, height)?;
-    check_plane("Y plane", src.y.0.len(), src.y.1, width, height)?;
-    check_plane("U plane", src.u.0.len(), src.u.1, width / 2, height / 2)?;
-    check_plane("V plane", src.v.0.len(), src.v.1, width / 2, height / 2)?;
+    check_i420(
+        [
+            (src.y.0.len(), src.y.1),
+            (src.u.0.len(), src.u.1),
+            (src.v.0.len(), src.v.1),
+        ],
+        width,
+        height,
+    )?;
     check_plane("BGR picture", bgr.len(), bgr_stride, width * 3, height)?;
     let image = YuvPlanarImage {
         y_plane: src.y.0,
