@@ -1117,7 +1117,11 @@ class VideoEncoder:
 
 
 class _BgrConverter:
-    """Converts decoded frames to BGR with one cached swscale context, from any thread."""
+    """Converts decoded frames to BGR, from any thread.
+
+    8-bit I420/NV12 (what decoders give) goes through the Rust core's SIMD
+    kernels; other layouts (10-bit, 4:4:4) through one cached swscale context.
+    """
 
     __slots__ = ("_lock", "_reformatter")
 
