@@ -557,8 +557,9 @@ class MediaTrack:
             self._input.clear()
             self._input.append(_STOP)
             self._signal()
-            if self._frames is not None:
-                self._frames.close()  # the engine stops queueing our frames
+            frames = self._frames
+            if frames is not None:
+                frames.close()  # the engine stops queueing our frames
             sinks: tuple[VideoSink | AudioSinkBase, ...] = (*self._video_sinks, *self._audio_sinks)
         self._request_keyframe = None
         self._buffer.close()
@@ -617,14 +618,17 @@ class MediaTrack:
                 if self._batch:
                     return self._batch.popleft()
                 frames = self._frames
-                if frames is None or frames.closed:
-                    # Frames come through _push, or the engine closed the
-                    # queue (track gone): wait for Python-side items (_end's stop).
+                if frames is None:
+                    # Frames come through _push, or the engine's queue closed
+                    # (track gone): wait for Python-side items (_end's stop).
                     self._cond.wait()
                     continue
             # A wake() from _signal between the check above and this wait is
             # kept by the queue, so no item waits for the timeout.
-            events, overflowed, _closed = frames.wait(_FRAME_WAIT_S, _FRAME_BATCH)
+            events, overflowed, closed = frames.wait(_FRAME_WAIT_S, _FRAME_BATCH)
+            if closed:
+                with self._cond:
+                    self._frames = None  # nothing more will come from it
             if overflowed:
                 # The decoder is far behind: the engine dropped the backlog;
                 # restart at a keyframe.
