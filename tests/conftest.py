@@ -230,12 +230,17 @@ def run(coro: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
     return asyncio.run(bounded())
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
-    """Poll ``predicate`` until true; fail after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0,
+               what: str | Callable[[], str] = "condition") -> None:
+    """Poll ``predicate`` until true; fail after ``timeout`` seconds.
+
+    ``what`` names the condition; a callable is asked at the failure, so the
+    message can show the state that did not come right.
+    """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            pytest.fail(f"timed out after {timeout} s waiting for {what() if callable(what) else what}")
         time.sleep(0.02)
 
 

@@ -35,7 +35,10 @@ def test_one_source_feeds_connections_in_two_channels_with_two_codecs(server: An
 
     async def main() -> None:
         pubs = [hibiki.connect(server.signaling_url, role="sendonly", channel_id=ch,
-                               video_source=video, audio_source=audio, video_codec_type=codec)
+                               video_source=video, audio_source=audio, video_codec_type=codec,
+                               # Every picture the worker takes is encoded by every encoder:
+                               # no frame-rate adaptation when a loaded machine's estimate dips.
+                               degradation_preference=hibiki.DegradationPreference.DISABLED)
                 for ch, codec in zip(channels, codecs, strict=True)]
         subs = [hibiki.connect(server.signaling_url, role="recvonly", channel_id=ch) for ch in channels]
         opened = [await p.__aenter__() for p in pubs]
@@ -58,6 +61,7 @@ def test_one_source_feeds_connections_in_two_channels_with_two_codecs(server: An
                     # Skip what was decoded while the connections settled.
                     await asyncio.sleep(0.5)
                     encoded_before, captured_before = video.frames_encoded, video.frames_in
+                    dropped_before = video.frames_dropped
                     counters: list[list[int]] = []
                     for tracks in got:
                         seen: list[int] = []
@@ -71,7 +75,8 @@ def test_one_source_feeds_connections_in_two_channels_with_two_codecs(server: An
                         chunks = [(await tracks["audio"].recv(timeout=5)).data() for _ in range(50)]
                         assert abs(dominant_frequency(np.concatenate(chunks[10:]), AUDIO_RATE) - 440) < 5
                     encoded = video.frames_encoded - encoded_before
-                    captured = video.frames_in - captured_before
+                    # Pictures the encoders saw: a busy machine drops some from the queue.
+                    taken = video.frames_in - captured_before - (video.frames_dropped - dropped_before)
                     assert [t["video"].codec for t in got] == codecs
                 finally:
                     stop.set()
@@ -84,9 +89,9 @@ def test_one_source_feeds_connections_in_two_channels_with_two_codecs(server: An
         for seen in counters:
             assert len(seen) >= 12, counters
             assert len(set(seen)) >= 10, counters  # moving pictures, not one repeated
-        # Two encoders (VP8 shared by two connections, H.264) per captured
-        # picture, not three; a little slack for pictures in flight.
-        assert encoded <= 2 * captured + 4, (encoded, captured)
-        assert encoded >= 2 * captured - 10, (encoded, captured)
+        # Two encodes (VP8 shared by two connections, H.264) per picture, not
+        # three; slack for the pictures queued or in flight at either end.
+        assert encoded <= 2 * taken + 8, (encoded, taken)
+        assert encoded >= 2 * taken - 10, (encoded, taken)
 
     run(main(), timeout=90)

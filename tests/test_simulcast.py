@@ -426,7 +426,11 @@ def test_spotlight_focuses_the_loudest_speakers(server: ServerProcess) -> None:
         video = sdk.create_video_source()
         audio = sdk.create_audio_source(channels=1, sample_rate=48_000)
         conn = sdk.create_connection([server.signaling_url], "sendonly", channel, video_source=video,
-                                     audio_source=audio, spotlight=True, video_bit_rate=600)
+                                     audio_source=audio, spotlight=True, video_bit_rate=600,
+                                     # The size tells the layer: keep the encoders from
+                                     # scaling a layer down when a loaded machine's
+                                     # estimate dips (that would look like another layer).
+                                     degradation_preference=hibiki.DegradationPreference.MAINTAIN_RESOLUTION)
         conn.connect()
         speakers.append((conn, video, audio))
     loud = {0, 1}
@@ -478,14 +482,21 @@ def test_spotlight_focuses_the_loudest_speakers(server: ServerProcess) -> None:
             return len(sizes) == 6 and all(sizes[cid] == SPOT_SIZES["r0"] for i, cid in enumerate(ids)
                                            if i not in loud)
 
+    def state() -> str:
+        with lock:
+            seen = {i: sizes.get(cid) for i, cid in enumerate(ids)}
+        told = [(n["event_type"], ids.index(n["connection_id"])) for n in notifies
+                if n.get("event_type", "").startswith("spotlight") and n.get("connection_id") in ids]
+        return f"speakers {sorted(loud)} in focus; sizes seen {seen}; notifies {told}"
+
     try:
         viewer.connect()
-        wait_until(lambda: in_focus() == loud and others_low(), 20, f"speakers {sorted(loud)} in focus")
+        wait_until(lambda: in_focus() == loud and others_low(), 20, state)
         focused = {n["connection_id"] for n in notifies if n.get("event_type") == "spotlight.focused"}
         assert focused == {ids[i] for i in loud}
         # Speakers 1 and 4 talk now: the focus follows.
         loud = {1, 4}
-        wait_until(lambda: in_focus() == loud and others_low(), 20, "the focus to follow the speakers")
+        wait_until(lambda: in_focus() == loud and others_low(), 20, state)
         events = [(n["event_type"], n["connection_id"]) for n in notifies if n["event_type"].startswith("spotlight")]
         assert ("spotlight.unfocused", ids[0]) in events and ("spotlight.focused", ids[4]) in events
     finally:
