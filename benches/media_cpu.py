@@ -489,11 +489,14 @@ def pub_frames(pub: dict[str, Any] | None) -> str:
 
 
 def thread_breakdown(res: dict[str, Any], frames: int, audio: bool) -> str:
+    """Each busy thread's CPU per frame, and how often per frame it was scheduled in (its wake-ups)."""
     parts = []
+    runs = res.get("thread_runs", {})
     for name, cpu in res["threads"].items():
         if cpu * 1e3 / max(frames, 1) < (0.002 if audio else 0.01):
             continue
-        parts.append(f"{name} {fmt_cost(cpu * 1e3 / max(frames, 1), audio)}")
+        woke = f" ({runs[name] / max(frames, 1):.1f} runs)" if name in runs else ""
+        parts.append(f"{name} {fmt_cost(cpu * 1e3 / max(frames, 1), audio)}{woke}")
     return ", ".join(parts)
 
 
@@ -594,7 +597,8 @@ def render(rows: list[Row], args: argparse.Namespace, cmd: str, skipped: list[st
                 f"{fmt_cost(outside_codec_ms(r.aio_sub, 'frames'), r.audio)} | "
                 f"{'-' if mbps is None else f'{mbps:.2f}'} | {sub_verdict(r.aio_sub)} |"
             )
-    out += ["", "Where the CPU goes, per frame, by thread (`/proc/<pid>/task/*/schedstat`):", ""]
+    out += ["", ("Where the CPU goes, per frame, by thread (`/proc/<pid>/task/*/schedstat`; \"runs\": times the "
+                 "thread was scheduled in per frame, about its wake-ups):"), ""]
     for r in rows:
         for who, res, frames_key in (("Hibiki publisher", r.pub, "frames_in"), ("Hibiki subscriber", r.sub, "frames"),
                                      ("Hibiki subscriber (planes)", r.sub_planes, "frames"),
@@ -643,7 +647,8 @@ def write_section(text: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--codecs", nargs="+", default=ALL_CODECS, type=str.upper, help="video codecs (default: all five)")
+    ap.add_argument("--codecs", nargs="*", default=ALL_CODECS, type=str.upper,
+                    help="video codecs (default: all five; none: audio only)")
     ap.add_argument("--seconds", type=float, default=20.0, help="measurement window per pipeline run")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of media before the window opens")
     ap.add_argument("--raw-seconds", type=float, default=8.0, help="length of the raw PyAV loops (video)")

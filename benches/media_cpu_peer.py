@@ -79,8 +79,11 @@ def audio_chunks(seconds: int = 1, channels: int = 2) -> list[np.ndarray]:
 # -- CPU accounting ------------------------------------------------------------------------
 
 
-def thread_cpu() -> dict[int, tuple[str, float]]:
-    """tid -> (thread name, CPU seconds on CPU so far) for this process.
+def thread_cpu() -> dict[int, tuple[str, float, int]]:
+    """tid -> (thread name, CPU seconds so far, times scheduled in so far) for this process.
+
+    The third figure (schedstat's run count) is how often the thread went onto
+    a CPU: about its wake-ups, which cost on a VM even when the work is small.
 
     Python threads are named by their ``threading`` name (Python 3.11 does
     not give them to the OS, so their ``comm`` is just ``python``); native
@@ -88,7 +91,7 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
     """
     py_names = {t.native_id: t.name for t in threading.enumerate()}
     py_names[threading.main_thread().native_id] = "main"
-    out: dict[int, tuple[str, float]] = {}
+    out: dict[int, tuple[str, float, int]] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
             comm = py_names.get(int(tid)) or Path(f"/proc/self/task/{tid}/comm").read_text().strip()
@@ -96,21 +99,26 @@ def thread_cpu() -> dict[int, tuple[str, float]]:
                 # Native threads nobody named: swscale workers (PyAV's
                 # reformat uses threads=auto), OpenBLAS (numpy), codec helpers.
                 comm = "native (codec/swscale)"
-            ns = int(Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[0])
+            ns, _, runs = Path(f"/proc/self/task/{tid}/schedstat").read_text().split()[:3]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        out[int(tid)] = (comm, ns / 1e9)
+        out[int(tid)] = (comm, int(ns) / 1e9, int(runs))
     return out
 
 
-def thread_delta(a: dict[int, tuple[str, float]], b: dict[int, tuple[str, float]]) -> dict[str, float]:
-    """CPU seconds per thread name between two snapshots (threads born in between count from 0)."""
-    out: dict[str, float] = {}
-    for tid, (comm, cpu) in b.items():
+def thread_delta(a: dict[int, tuple[str, float, int]],
+                 b: dict[int, tuple[str, float, int]]) -> tuple[dict[str, float], dict[str, int]]:
+    """CPU seconds and run counts per thread name between two snapshots (threads born in between count from 0)."""
+    cpu_by: dict[str, float] = {}
+    runs_by: dict[str, int] = {}
+    for tid, (comm, cpu, runs) in b.items():
         # Group numbered workers (asyncio executor threads...) by their stem.
         name = re.sub(r"_\d+$", "_N", comm)
-        out[name] = out.get(name, 0.0) + cpu - a.get(tid, (comm, 0.0))[1]
-    return {k: round(v, 6) for k, v in sorted(out.items(), key=lambda kv: -kv[1])}
+        _, cpu0, runs0 = a.get(tid, (comm, 0.0, 0))
+        cpu_by[name] = cpu_by.get(name, 0.0) + cpu - cpu0
+        runs_by[name] = runs_by.get(name, 0) + runs - runs0
+    order = sorted(cpu_by, key=lambda k: -cpu_by[k])
+    return {k: round(cpu_by[k], 6) for k in order}, {k: runs_by[k] for k in order}
 
 
 class Window:
@@ -119,8 +127,8 @@ class Window:
     def __init__(self) -> None:
         self.t0 = self.t1 = 0.0
         self.cpu0 = self.cpu1 = 0.0
-        self.th0: dict[int, tuple[str, float]] = {}
-        self.th1: dict[int, tuple[str, float]] = {}
+        self.th0: dict[int, tuple[str, float, int]] = {}
+        self.th1: dict[int, tuple[str, float, int]] = {}
 
     def start(self) -> None:
         self.th0 = thread_cpu()
@@ -133,11 +141,13 @@ class Window:
         self.th1 = thread_cpu()
 
     def result(self) -> dict[str, Any]:
+        threads, runs = thread_delta(self.th0, self.th1)
         return {
             "wall_s": self.t1 - self.t0,
             "cpu_s": self.cpu1 - self.cpu0,
-            "threads": thread_delta(self.th0, self.th1),
-            "tid_names": {str(tid): name for tid, (name, _) in self.th1.items()},
+            "threads": threads,
+            "thread_runs": runs,
+            "tid_names": {str(tid): name for tid, (name, *_) in self.th1.items()},
         }
 
 

@@ -125,13 +125,18 @@ def _frame_bgr(grab: dict[str, Any]) -> np.ndarray:
 
 
 def _beep_onsets(pcm: np.ndarray, rate: int) -> tuple[list[float], np.ndarray]:
-    """Onset times (s) of energy bursts in mono ``pcm``, and the samples inside bursts."""
+    """Onset times (s) of energy bursts in mono ``pcm``, and the samples inside bursts.
+
+    A burst starts only after 100 ms of quiet: a dip inside a beep (a packet
+    concealed on a busy machine) does not make a second onset.
+    """
     win = rate // 200  # 5 ms
+    quiet_before = 20  # windows: 100 ms
     n = len(pcm) // win
     frames = pcm[: n * win].astype(np.float64).reshape(n, win)
     rms = np.sqrt((frames**2).mean(axis=1))
     loud = rms > max(300.0, 0.3 * float(rms.max()))
-    onsets = [i * win / rate for i in range(1, n) if loud[i] and not loud[i - 1]]
+    onsets = [i * win / rate for i in range(quiet_before, n) if loud[i] and not loud[i - quiet_before:i].any()]
     burst = frames[loud].ravel()
     return onsets, burst
 
