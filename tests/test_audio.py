@@ -502,3 +502,21 @@ def test_stereo_dtx_and_16k_mono_through_a_server(server: Any) -> None:
     finally:
         sub.disconnect()
         pub.disconnect()
+
+
+def test_audio_level_is_rfc6464_dbov_of_the_pcm() -> None:
+    """The level on sent packets: -3 dBov for a full-scale sine, 20 dB per decade of amplitude, -127 for silence."""
+    from hibiki.client.sources import audio_level_dbov
+
+    t = np.arange(4800)
+    for amplitude, level in ((32767, -3), (3277, -23), (328, -43)):
+        sine = (amplitude * np.sin(2 * np.pi * 440 * t / 48_000)).astype(np.int16)
+        assert audio_level_dbov(sine.reshape(-1, 1)) == level
+        # Interleaved stereo and a strided view (one channel of it) read the same.
+        stereo = np.stack([sine, sine], axis=1)
+        assert audio_level_dbov(stereo) == level
+        assert audio_level_dbov(stereo[:, :1]) == level
+    assert audio_level_dbov(np.zeros((960, 2), np.int16)) == -127
+    assert audio_level_dbov(np.zeros((0, 1), np.int16)) == -127
+    with pytest.raises(ValueError, match="int16"):
+        audio_level_dbov(np.zeros((960, 1), np.float32))  # type: ignore[arg-type]

@@ -293,6 +293,13 @@ class ClientEngine:
     def close_connection(self, handle: str) -> None: ...
     def close(self) -> None: ...
 
+# -- audio level -------------------------------------------------------------------------------
+
+def audio_level_dbov(pcm: Buffer) -> int:
+    """RFC 6464 level of int16 PCM (any shape, channels interleaved): dBov, rounded,
+    -127 (silence, or empty) .. 0 (full scale). Raises ValueError if ``pcm`` is not
+    an int16 buffer."""
+
 # -- pixel conversion (hibiki.media.pixels wraps these) ----------------------------------------
 
 def bgr_to_i420(

@@ -12,8 +12,10 @@
 //! runs on these threads. str0m is only touched in [`peer`].
 //!
 //! [`pixels`] converts between packed BGR and I420/NV12 for the SDK's
-//! encoders and decoders (SIMD, in place).
+//! encoders and decoders (SIMD, in place); [`audio_level`] measures the
+//! RFC 6464 level the SDK puts on the audio it sends.
 
+pub mod audio_level;
 pub mod client;
 pub mod demux;
 pub mod event;

@@ -16,6 +16,7 @@ use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
+mod audio_level;
 mod pixels;
 
 /// Route the engine's `tracing` output to stderr once, filtered by
@@ -622,6 +623,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(pixels::bgr_to_i420, m)?)?;
     m.add_function(wrap_pyfunction!(pixels::i420_to_bgr, m)?)?;
     m.add_function(wrap_pyfunction!(pixels::nv12_to_bgr, m)?)?;
+    m.add_function(wrap_pyfunction!(audio_level::audio_level_dbov, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
