@@ -519,4 +519,4 @@ def test_audio_level_is_rfc6464_dbov_of_the_pcm() -> None:
     assert audio_level_dbov(np.zeros((960, 2), np.int16)) == -127
     assert audio_level_dbov(np.zeros((0, 1), np.int16)) == -127
     with pytest.raises(ValueError, match="int16"):
-        audio_level_dbov(np.zeros((960, 1), np.float32))  # type: ignore[arg-type]
+        audio_level_dbov(np.zeros((960, 1), np.float32))
