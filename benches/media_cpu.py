@@ -152,6 +152,22 @@ def sdk_video_contexts(codec: str, bitrate: int, fps: int, first: np.ndarray) ->
 _keep: list[Any] = []
 
 
+def paced_decode(dec: Any, packets: list[bytes], rate: float, paced: bool,
+                 convert: Callable[[Any], object]) -> tuple[float, int]:
+    """Decode ``packets`` with ``dec`` at ``rate`` per second, passing each decoded frame to ``convert``.
+
+    Returns the process CPU seconds the decode and conversion calls took, and the frames decoded.
+    """
+    cpu, frames = 0.0, 0
+    for i in _paced(len(packets), rate, paced):
+        t = time.process_time()
+        for decoded in dec.decode(av.Packet(packets[i])):
+            convert(decoded)
+            frames += 1
+        cpu += time.process_time() - t
+    return cpu, frames
+
+
 def raw_video(label: str, enc_ctx: Any, decoder: Callable[[], Any], frames: list[np.ndarray], n: int, fps: int,
               paced: bool, start: int = 0, key_interval: int | None = None) -> Raw:
     """The plain PyAV loops: encode the pictures, then decode what came out (to BGR, and without conversion).
@@ -189,21 +205,9 @@ def raw_video(label: str, enc_ctx: Any, decoder: Callable[[], Any], frames: list
                 np.ascontiguousarray(reformatter.reformat(picture, format="bgr24").to_ndarray())
             after_cpu += time.process_time() - t
     enc_cpu = time.process_time() - total - after_cpu
-
-    def decode_loop(convert: bool) -> tuple[float, int]:
-        dec = decoder()
-        cpu, pictures = 0.0, 0
-        for i in _paced(len(packets), fps, paced):
-            t = time.process_time()
-            for picture in dec.decode(av.Packet(packets[i])):
-                if convert:
-                    np.ascontiguousarray(reformatter.reformat(picture, format="bgr24").to_ndarray())
-                pictures += 1
-            cpu += time.process_time() - t
-        return cpu, pictures
-
-    dec_cpu, pictures = decode_loop(True)
-    dec_only_cpu, _ = decode_loop(False)
+    dec_cpu, pictures = paced_decode(decoder(), packets, fps, paced,
+                                     lambda p: np.ascontiguousarray(reformatter.reformat(p, format="bgr24").to_ndarray()))
+    dec_only_cpu, _ = paced_decode(decoder(), packets, fps, paced, lambda p: None)
     return Raw(
         label, enc_ms=enc_cpu * 1e3 / n, dec_ms=dec_cpu * 1e3 / max(pictures, 1),
         dec_only_ms=dec_only_cpu * 1e3 / max(pictures, 1), dec_after_enc_ms=after_cpu * 1e3 / max(len(packets), 1),
@@ -266,13 +270,7 @@ def raw_audio(label: str, enc_ctx: Any, decoder: Callable[[], Any], chunks: list
             after_cpu += time.process_time() - t
     enc_cpu = time.process_time() - total - after_cpu
     dec = decoder()
-    dec_cpu, got = 0.0, 0
-    for i in _paced(len(packets), AUDIO_RATE / AUDIO_FRAME, paced):
-        t = time.process_time()
-        for decoded in dec.decode(av.Packet(packets[i])):
-            to_int16(decoded)
-            got += 1
-        dec_cpu += time.process_time() - t
+    dec_cpu, got = paced_decode(dec, packets, AUDIO_RATE / AUDIO_FRAME, paced, to_int16)
     return Raw(label, enc_ms=enc_cpu * 1e3 / n, dec_ms=dec_cpu * 1e3 / max(got, 1), dec_only_ms=float("nan"),
                dec_after_enc_ms=after_cpu * 1e3 / max(len(packets), 1),
                mbps=sum(map(len, packets)) * 8 / (n * AUDIO_FRAME / AUDIO_RATE) / 1e6, frames=got,
