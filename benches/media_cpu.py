@@ -51,6 +51,7 @@ Codecs the SDK cannot open yet are skipped with a note.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -65,7 +66,7 @@ import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import av
@@ -82,6 +83,7 @@ from media_cpu_peer import (
     patch_aiortc_bitrate,
     video_frames,
 )
+from pipeline_floor import receive_floor, send_floor
 
 ALL_CODECS = ["VP8", "VP9", "AV1", "H264", "H265"]
 AIORTC_CODECS = {"VP8", "H264"}
@@ -236,6 +238,24 @@ def aiortc_video_contexts(codec: str, bitrate: int, first: np.ndarray) -> tuple[
     return enc.codec, lambda: av.CodecContext.create(dec, "r")
 
 
+def audio_frame(pcm: np.ndarray, index: int) -> av.AudioFrame:
+    """The ``index``-th 20 ms chunk as a PyAV frame, as the raw loops feed the encoder."""
+    frame = av.AudioFrame.from_ndarray(pcm.reshape(1, -1), format="s16", layout="stereo")
+    frame.sample_rate = AUDIO_RATE
+    frame.pts = index * AUDIO_FRAME
+    frame.time_base = Fraction(1, AUDIO_RATE)
+    return frame
+
+
+def to_int16(decoded: Any) -> np.ndarray:
+    """A decoded PyAV audio frame as int16 (samples, 2), as SDK users get PCM."""
+    a = decoded.to_ndarray()
+    a = a.T if decoded.format.is_planar else a.reshape(-1, 2)
+    if a.dtype.kind == "f":
+        a = np.clip(np.rint(a * 32767.0), -32768, 32767).astype(np.int16)
+    return np.ascontiguousarray(a)
+
+
 def raw_audio(label: str, enc_ctx: Any, decoder: Callable[[], Any], chunks: list[np.ndarray], n: int,
               paced: bool) -> Raw:
     """Opus: encode ``n`` 20 ms chunks, then decode the packets to int16 (samples, 2) in a loop of their own.
@@ -243,25 +263,14 @@ def raw_audio(label: str, enc_ctx: Any, decoder: Callable[[], Any], chunks: list
     Paced like :func:`raw_video`; each packet is also decoded right after its
     encode, in the same wake, for the notes.
     """
-    tb = Fraction(1, AUDIO_RATE)
     packets: list[bytes] = []
     after_cpu = 0.0
     after_dec = decoder()
 
-    def to_int16(decoded: Any) -> None:
-        a = decoded.to_ndarray()
-        a = a.T if decoded.format.is_planar else a.reshape(-1, 2)
-        if a.dtype.kind == "f":
-            a = np.clip(np.rint(a * 32767.0), -32768, 32767).astype(np.int16)
-        np.ascontiguousarray(a)
-
     total = time.process_time()
     for i in _paced(n, AUDIO_RATE / AUDIO_FRAME, paced):
-        frame = av.AudioFrame.from_ndarray(chunks[i % len(chunks)].reshape(1, -1), format="s16", layout="stereo")
-        frame.sample_rate = AUDIO_RATE
-        frame.pts = (i + 1) * AUDIO_FRAME  # the context already took one chunk at 0
-        frame.time_base = tb
-        for packet in enc_ctx.encode(frame):
+        # The context already took one chunk, at index 0.
+        for packet in enc_ctx.encode(audio_frame(chunks[i % len(chunks)], i + 1)):
             data = bytes(packet)
             packets.append(data)
             t = time.process_time()
@@ -449,6 +458,10 @@ class Row:
     aio_raw: Raw | None = None
     aio_pub: dict[str, Any] | None = None
     aio_sub: dict[str, Any] | None = None
+    direct: Raw | None = None
+    """Audio: libopus driven directly, as the SDK does, in paced loops."""
+    floor: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Audio: ms per packet by thread for the thread shapes of pipeline_floor.py ("send 1", "receive 3"...)."""
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -636,6 +649,9 @@ def render(rows: list[Row], args: argparse.Namespace, cmd: str, skipped: list[st
                 f"{fmt_cost(outside_codec_ms(r.aio_sub, 'frames'), r.audio)} | "
                 f"{'-' if mbps is None else f'{mbps:.2f}'} | {sub_verdict(r.aio_sub)} |"
             )
+    for r in rows:
+        if r.audio and r.raw and r.direct and r.floor:
+            out += render_audio_floor(r)
     out += ["", ("Where the CPU goes, per frame, by thread (`/proc/<pid>/task/*/schedstat`; \"runs\": times the "
                  "thread was scheduled in per frame, about its wake-ups):"), ""]
     for r in rows:
@@ -673,6 +689,37 @@ def render(rows: list[Row], args: argparse.Namespace, cmd: str, skipped: list[st
     if notes:
         out += ["", "Notes:", *[f"- {n}" for n in notes]]
     return "\n".join(out) + "\n"
+
+
+def render_audio_floor(r: Row) -> list[str]:
+    """Opus: what the codec path and the shape of a pipeline cost before any WebRTC, beside the SDK and aiortc."""
+    assert r.raw is not None and r.direct is not None
+
+    def line(what: str, send: float | None, recv: float | None) -> str:
+        return (f"| {what} | {fmt_cost(send, True)} | {fmt_ratio(send, r.raw.enc_ms)} | {fmt_cost(recv, True)} | "
+                f"{fmt_ratio(recv, r.raw.dec_ms)} |")
+
+    def total(key: str) -> float | None:
+        return sum(r.floor[key].values()) if key in r.floor else None
+
+    def split(key: str) -> str:
+        return " + ".join(f"{fmt_cost(v, True)}" for v in r.floor.get(key, {}).values())
+
+    return [
+        "",
+        ("**Opus: the codec path and the shape of the pipeline** (`benches/pipeline_floor.py`, same run; per 20 ms "
+         "packet, each thread's own CPU with its wake-ups; ratios to the raw PyAV loop of the target)"),
+        "",
+        "| Opus | send | / raw PyAV | receive | / raw PyAV |",
+        "|---|---|---|---|---|",
+        line("raw PyAV loop (FFmpeg's libopus wrapper; the target's baseline)", r.raw.enc_ms, r.raw.dec_ms),
+        line("libopus driven directly, as the SDK does (same packets), paced loop", r.direct.enc_ms, r.direct.dec_ms),
+        line("one thread: codec + UDP socket", total("send 1"), total("receive 1")),
+        (line(f"three threads, the SDK's shape: caller -> codec -> network ({split('send 3')}) / network -> codec "
+              f"-> reader ({split('receive 3')})", total("send 3"), total("receive 3"))),
+        line("Hibiki SDK (the tables above)", send_ms(r.pub), recv_ms(r.sub)),
+        line("aiortc (the tables above)", send_ms(r.aio_pub), recv_ms(r.aio_sub)),
+    ]
 
 
 def write_section(text: str) -> None:
@@ -790,14 +837,76 @@ def run_video(codec: str, url: str, frames: list[np.ndarray], args: argparse.Nam
     return row
 
 
+@contextlib.contextmanager
+def _through_ffmpeg() -> Iterator[None]:
+    """Make the SDK's Opus classes open FFmpeg's libopus wrapper instead of driving libopus directly."""
+    from hibiki.media import libopus
+
+    load = libopus.load
+    libopus.load = lambda: None
+    try:
+        yield
+    finally:
+        libopus.load = load
+
+
 def sdk_audio_contexts(bitrate: int, first: np.ndarray) -> tuple[Any, Callable[[], Any]]:
-    """The SDK's Opus encoder context (48 kHz stereo, opened through the public API) and a maker of its decoder contexts."""
+    """The SDK's Opus encoder as a PyAV context (48 kHz stereo) and a maker of its decoder contexts.
+
+    The SDK drives libopus directly; opened with libopus hidden, the same
+    classes set FFmpeg's libopus wrapper up the same way (the packets are
+    byte for byte the same: tests/test_audio.py), which is the raw PyAV loop.
+    """
     from hibiki.media import AudioDecoder, AudioEncoder
 
-    enc = AudioEncoder("OPUS", AUDIO_RATE, 2, bitrate)
+    def decoder() -> Any:
+        with _through_ffmpeg():
+            return find_context(AudioDecoder("OPUS", 2), av.AudioCodecContext)
+
+    with _through_ffmpeg():
+        enc = AudioEncoder("OPUS", AUDIO_RATE, 2, bitrate)
     enc.encode(first)
     _keep.append(enc)
-    return find_context(enc, av.AudioCodecContext), lambda: find_context(AudioDecoder("OPUS", 2), av.AudioCodecContext)
+    return find_context(enc, av.AudioCodecContext), decoder
+
+
+def raw_libopus(bitrate: int, chunks: list[np.ndarray], n: int) -> Raw:
+    """The SDK's libopus encoder and decoder states, driven directly as the SDK does, in paced loops."""
+    from hibiki.media import AudioDecoder, AudioEncoder, libopus
+
+    enc = find_context(AudioEncoder("OPUS", AUDIO_RATE, 2, bitrate), libopus.Encoder)
+    rate = AUDIO_RATE / AUDIO_FRAME
+    packets: list[bytes] = []
+    t = time.process_time()
+    for i in _paced(n, rate, True):
+        packets.append(enc.encode(chunks[i % len(chunks)]))
+    enc_cpu = time.process_time() - t
+    dec = find_context(AudioDecoder("OPUS", 2), libopus.Decoder)
+    dec_cpu = 0.0
+    for i in _paced(n, rate, True):
+        t = time.process_time()
+        dec.decode(packets[i])
+        dec_cpu += time.process_time() - t
+    return Raw("libopus", enc_ms=enc_cpu * 1e3 / n, dec_ms=dec_cpu * 1e3 / n, frames=n,
+               encoder="libopus (ctypes)", decoder="libopus (ctypes)")
+
+
+def measure_audio_floor(row: Row, args: argparse.Namespace, chunks: list[np.ndarray], n: int) -> None:
+    """The SDK's codec path alone, then inside the thread shapes of pipeline_floor.py (no WebRTC)."""
+    from hibiki.media import AudioDecoder, AudioEncoder
+
+    row.direct = raw_libopus(args.audio_bitrate, chunks, n)
+    enc = AudioEncoder("OPUS", AUDIO_RATE, 2, args.audio_bitrate)
+    packets = [f.data for i in range(n) for f in enc.encode(chunks[i % len(chunks)])]
+    for threads in (1, 3):
+        enc = AudioEncoder("OPUS", AUDIO_RATE, 2, args.audio_bitrate)
+        cpu = send_floor(lambda pcm: [f.data for f in enc.encode(pcm)], chunks, n, threads)
+        row.floor[f"send {threads}"] = {k: v * 1e3 for k, v in cpu.items()}
+        dec = AudioDecoder("OPUS", 2)
+        cpu = receive_floor(lambda data: [dec.decode(data)], packets, threads)
+        row.floor[f"receive {threads}"] = {k: v * 1e3 for k, v in cpu.items()}
+    print(f"  libopus direct: encode {row.direct.enc_ms * 1e3:.0f} us, decode {row.direct.dec_ms * 1e3:.0f} us; "
+          + "; ".join(f"{k} thread(s) {sum(v.values()) * 1e3:.0f} us" for k, v in row.floor.items()), flush=True)
 
 
 def run_audio(url: str, args: argparse.Namespace) -> Row:
@@ -813,6 +922,8 @@ def run_audio(url: str, args: argparse.Namespace) -> Row:
         note += (f"; the raw loops run back to back (hot caches, not paced at 50 packets/s): encode "
                  f"{hot.enc_ms * 1e3:.0f} us, decode {hot.dec_ms * 1e3:.0f} us per packet")
     row.notes.append(note + ".")
+    if not args.unpaced:
+        measure_audio_floor(row, args, chunks, n)
     try:
         res = run_pipeline("hibiki", "OPUS", url, args)
         row.pub, row.sub = res["pub"], res["sub"]

@@ -9,22 +9,18 @@ playback rate; :func:`opus_encoder_settings` reads sora-sdk's
 channel count or the one the caller asked for, and conceals gaps.
 
 Codecs are rows of :data:`_AUDIO_CODECS`, like the video table: encoders and
-decoders to try in order, and their options. DTX is the one thing FFmpeg's
-libopus wrapper cannot switch on; for it the encoder drives libopus (the copy
-PyAV ships, else the system's) through ctypes.
+decoders to try in order, and their options. Opus itself is driven directly
+through ctypes (:mod:`hibiki.media.libopus`: the libopus PyAV ships, else the
+system's) whenever it loads: cheaper per packet than FFmpeg's wrapper, and
+the only way to DTX and to FEC recovery. FFmpeg's wrapper is the fallback.
 """
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import logging
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -32,6 +28,7 @@ import av
 import numpy as np
 import numpy.typing as npt
 
+from . import libopus
 from .frames import AUDIO_CLOCK_RATE, EncodedFrame
 
 __all__ = ["OPUS_FRAME_DURATIONS", "AudioConverter", "AudioDecoder", "AudioEncoder", "opus_encoder_settings"]
@@ -329,85 +326,9 @@ def _cutoff_hz(max_playback_rate: int | None) -> int:
     return 0  # pragma: no cover - the loop covers every rate <= 24000
 
 
-# -- libopus through ctypes, for what FFmpeg's libopus wrapper does not expose (DTX) -----
-
-_OPUS_APPLICATIONS = {"voip": 2048, "audio": 2049, "lowdelay": 2051}
-_OPUS_SET_BITRATE = 4002
-_OPUS_SET_MAX_BANDWIDTH = 4004
-_OPUS_SET_VBR = 4006
-_OPUS_SET_INBAND_FEC = 4012
-_OPUS_SET_PACKET_LOSS_PERC = 4014
-_OPUS_SET_DTX = 4016
-_OPUS_BANDWIDTHS = {4_000: 1101, 6_000: 1102, 8_000: 1103, 12_000: 1104, 0: 1105}
-# The largest packet opus_encode can make: 120 ms of 1275-byte frames, plus framing.
-_OPUS_MAX_PACKET = 6 * 1275 + 16
 # With DTX on, libopus marks "nothing to send" with packets of at most 2 bytes
 # (libwebrtc's threshold as well); a real comfort-noise packet comes every 400 ms.
 _OPUS_DTX_PACKET_BYTES = 2
-
-
-def _libopus_candidates() -> list[str]:
-    """Paths where the libopus PyAV ships with (same build as FFmpeg's) may be, then the system's."""
-    site = Path(av.__file__).resolve().parent
-    found: list[str] = []
-    for pattern in ("av.libs/libopus*.so*", "av.libs/*opus*.dll", "av/.dylibs/libopus*.dylib"):
-        found += sorted(str(p) for p in site.parent.glob(pattern))
-    system = ctypes.util.find_library("opus")
-    if system:
-        found.append(system)
-    return found
-
-
-@functools.cache
-def _libopus() -> ctypes.CDLL | None:
-    """libopus with the encoder prototypes set, or None when there is none to load."""
-    for path in _libopus_candidates():
-        try:
-            lib = ctypes.CDLL(path)
-            lib.opus_encoder_create.restype = ctypes.c_void_p
-            lib.opus_encoder_create.argtypes = [ctypes.c_int32, ctypes.c_int, ctypes.c_int,
-                                                ctypes.POINTER(ctypes.c_int)]
-            # Variadic: only the fixed arguments get argtypes, so that ctypes
-            # uses the variadic calling convention (it differs on macOS arm64).
-            lib.opus_encoder_ctl.restype = ctypes.c_int
-            lib.opus_encoder_ctl.argtypes = [ctypes.c_void_p, ctypes.c_int]
-            lib.opus_encode.restype = ctypes.c_int32
-            lib.opus_encode.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-                                        ctypes.c_void_p, ctypes.c_int32]
-            lib.opus_encoder_destroy.restype = None
-            lib.opus_encoder_destroy.argtypes = [ctypes.c_void_p]
-        except (OSError, AttributeError) as exc:
-            logger.debug("libopus at %s not usable: %s", path, exc)
-            continue
-        return lib
-    return None
-
-
-class _LibOpusEncoder:
-    """A libopus encoder state driven directly (only for options FFmpeg lacks)."""
-
-    def __init__(self, lib: ctypes.CDLL, channels: int, application: str, settings: Mapping[int, int]) -> None:
-        error = ctypes.c_int(0)
-        state = lib.opus_encoder_create(AUDIO_CLOCK_RATE, channels, _OPUS_APPLICATIONS[application],
-                                        ctypes.byref(error))
-        if not state or error.value != 0:
-            raise RuntimeError(f"opus_encoder_create failed ({error.value})")
-        self._lib = lib
-        self._state = ctypes.c_void_p(state)
-        # Frees the native state even if the encoder is dropped without close().
-        self._finalizer = weakref.finalize(self, lib.opus_encoder_destroy, self._state)
-        for request, value in settings.items():
-            rc = lib.opus_encoder_ctl(self._state, int(request), ctypes.c_int(int(value)))
-            if rc != 0:
-                raise RuntimeError(f"opus_encoder_ctl({request}, {value}) failed ({rc})")
-        self._out = ctypes.create_string_buffer(_OPUS_MAX_PACKET)
-
-    def encode(self, pcm: npt.NDArray[np.int16]) -> bytes:
-        """Encode one packet's worth of contiguous int16 ``(samples, channels)``."""
-        n = self._lib.opus_encode(self._state, pcm.ctypes.data, pcm.shape[0], self._out, _OPUS_MAX_PACKET)
-        if n < 0:
-            raise RuntimeError(f"opus_encode failed ({n})")
-        return ctypes.string_at(self._out, n)  # copies n bytes, not the whole buffer
 
 
 class AudioEncoder:
@@ -455,6 +376,8 @@ class AudioEncoder:
                 every 400 ms goes out. Needs libopus loadable through ctypes
                 (PyAV's own copy, else the system's); without it a warning is
                 logged and every packet is sent (``self.dtx`` is then False).
+                Without DTX too, libopus is driven directly when it loads
+                (:attr:`backend` says which path encodes).
             application: ``"voip"`` (speech), ``"audio"`` (music, full band) or
                 ``"lowdelay"``; default voip for mono and audio for stereo, as
                 libwebrtc does.
@@ -481,8 +404,8 @@ class AudioEncoder:
             raise ValueError(f"packet_loss must be 0..100 %, got {packet_loss}")
         if application is None:
             application = "audio" if channels == 2 else "voip"
-        if application not in _OPUS_APPLICATIONS:
-            raise ValueError(f"application must be one of {', '.join(_OPUS_APPLICATIONS)}, got {application!r}")
+        if application not in libopus.APPLICATIONS:
+            raise ValueError(f"application must be one of {', '.join(libopus.APPLICATIONS)}, got {application!r}")
         self._codec = codec
         self.sample_rate = sample_rate
         self.channels = channels
@@ -495,15 +418,16 @@ class AudioEncoder:
         self._frame_samples = round(ptime * self._spec.sample_rate / 1000)
         self.frames_suppressed = 0
         """Packets not sent because DTX found nothing worth sending."""
-        self._direct: _LibOpusEncoder | None = None
         self._ctx: av.AudioCodecContext | None = None
-        self.dtx = False
+        self._direct = self._open_direct(dtx) if codec == "OPUS" else None
+        self.dtx = dtx and self._direct is not None
         """Whether DTX is on (asked for, and libopus could be loaded for it)."""
-        if dtx:
-            self._direct = self._open_direct()
-            self.dtx = self._direct is not None
+        if dtx and not self.dtx:
+            logger.warning("Opus DTX needs libopus through ctypes and it did not load; sending without DTX")
         if self._direct is None:
             self._ctx = self._open()
+        self.backend = "libopus" if self._direct is not None else f"ffmpeg:{self._ctx.name if self._ctx else '?'}"
+        """What encodes: ``"libopus"`` (driven directly) or ``"ffmpeg:<encoder>"`` (through PyAV)."""
         self._resampler = (
             av.AudioResampler(format="s16", layout=_layout(channels), rate=self._spec.sample_rate)
             if sample_rate != self._spec.sample_rate
@@ -514,24 +438,26 @@ class AudioEncoder:
         self._pending = np.zeros((0, channels), np.int16)
         self._rtp_time = 0
 
-    def _open_direct(self) -> _LibOpusEncoder | None:
-        lib = _libopus()
+    def _open_direct(self, dtx: bool) -> libopus.Encoder | None:
+        """libopus set up as FFmpeg's libopus encoder would be (same packets), or None without libopus."""
+        lib = libopus.load()
         if lib is None:
-            logger.warning("Opus DTX needs libopus through ctypes and none was found; sending without DTX")
             return None
-        cutoff = _cutoff_hz(self.max_playback_rate)
         settings = {
-            _OPUS_SET_BITRATE: self.bitrate,
-            _OPUS_SET_VBR: 1,
-            _OPUS_SET_INBAND_FEC: int(self.fec),
-            _OPUS_SET_PACKET_LOSS_PERC: self.packet_loss,
-            _OPUS_SET_DTX: 1,
-            _OPUS_SET_MAX_BANDWIDTH: _OPUS_BANDWIDTHS[cutoff],
+            libopus.SET_BITRATE: self.bitrate,
+            # FFmpeg's vbr=on: unconstrained VBR; its default complexity, 10.
+            libopus.SET_VBR: 1,
+            libopus.SET_VBR_CONSTRAINT: 0,
+            libopus.SET_COMPLEXITY: 10,
+            libopus.SET_INBAND_FEC: int(self.fec),
+            libopus.SET_PACKET_LOSS_PERC: self.packet_loss,
+            libopus.SET_DTX: int(dtx),
+            libopus.SET_MAX_BANDWIDTH: libopus.BANDWIDTHS[_cutoff_hz(self.max_playback_rate)],
         }
         try:
-            return _LibOpusEncoder(lib, self.channels, self.application, settings)
+            return libopus.Encoder(lib, self.channels, self.application, settings)
         except RuntimeError as exc:
-            logger.warning("libopus encoder for DTX did not open (%s); sending without DTX", exc)
+            logger.warning("libopus encoder did not open (%s); encoding through FFmpeg", exc)
             return None
 
     def _open(self) -> av.AudioCodecContext:
@@ -655,11 +581,13 @@ class AudioDecoder:
     with ``channels=2`` comes out duplicated on both channels, a stereo one
     with ``channels=1`` comes out mixed down.
 
-    Given each packet's ``rtp_time``, gaps are concealed: a jump in RTP time
+    Given each packet's ``rtp_time``, gaps are filled: a jump in RTP time
     (lost packets, or a sender's DTX pause) of up to one second is filled with
     Opus packet-loss concealment, which fades into comfort noise/silence, so
-    the output keeps the sender's timeline. Corrupt packets are logged at
-    debug level and give an empty array.
+    the output keeps the sender's timeline. The last packet's worth of a gap
+    is decoded from the in-band FEC the packet after it carries, when it
+    carries some (the sender's ``useinbandfec``; libopus driven directly
+    only). Corrupt packets are logged at debug level and give an empty array.
     """
 
     def __init__(self, codec: str = "OPUS", channels: int | None = None) -> None:
@@ -681,13 +609,28 @@ class AudioDecoder:
         self._decode_channels = channels if channels is not None else self._spec.max_channels
         self._stream_channels = 1
         self.sample_rate = self._spec.sample_rate
-        self._ctx = self._open()
+        self._direct = self._open_direct() if codec == "OPUS" else None
+        self._ctx = self._open() if self._direct is None else None
+        self.backend = "libopus" if self._direct is not None else f"ffmpeg:{self._ctx.name if self._ctx else '?'}"
+        """What decodes: ``"libopus"`` (driven directly) or ``"ffmpeg:<decoder>"`` (through PyAV)."""
         self._next_rtp: int | None = None
         self._last_toc: int | None = None
         self.start_rtp_time: int | None = None
         """RTP time (48 kHz) of the first sample :meth:`decode` returned last (concealment included)."""
         self.samples_concealed = 0
-        """Samples per channel made up for gaps in RTP time."""
+        """Samples per channel made up for gaps in RTP time by concealment."""
+        self.samples_recovered = 0
+        """Samples per channel of gaps decoded from the in-band FEC of the packet after them."""
+
+    def _open_direct(self) -> libopus.Decoder | None:
+        lib = libopus.load()
+        if lib is None:
+            return None
+        try:
+            return libopus.Decoder(lib, self._decode_channels)
+        except RuntimeError as exc:
+            logger.warning("libopus decoder did not open (%s); decoding through FFmpeg", exc)
+            return None
 
     def _open(self) -> av.AudioCodecContext:
         for name in self._spec.decoders:
@@ -718,6 +661,12 @@ class AudioDecoder:
         return self._fixed_channels if self._fixed_channels is not None else self._stream_channels
 
     def _decode_packet(self, data: bytes) -> npt.NDArray[np.int16] | None:
+        if self._direct is not None:
+            pcm = self._direct.decode(data)
+            if pcm is None:
+                logger.debug("%s decoder: dropping a corrupt packet of %d bytes", self._codec, len(data))
+            return pcm
+        assert self._ctx is not None
         try:
             chunks = [_from_frame(f) for f in self._ctx.decode(av.Packet(data))]
         except (av.FFmpegError, ValueError) as exc:
@@ -734,8 +683,30 @@ class AudioDecoder:
             pcm = _remix(pcm, self._decode_channels)
         return pcm
 
+    def _fill(self, samples: int, following: bytes) -> list[npt.NDArray[np.int16]]:
+        """PCM for a gap of ``samples`` just before the packet ``following``.
+
+        The gap's end comes from ``following``'s in-band FEC when it has some
+        (libopus driven directly), the rest from concealment.
+        """
+        direct = self._direct
+        if direct is None:
+            return self._conceal(samples)
+        covered = direct.fec_samples(following, samples)
+        parts = self._conceal(samples - covered) if samples > covered else []
+        if covered:
+            pcm = direct.recover(following, covered)
+            if pcm is None or len(pcm) != covered:
+                return self._conceal(samples)
+            parts.append(pcm)
+            self.samples_recovered += covered
+        return parts
+
     def _conceal(self, samples: int) -> list[npt.NDArray[np.int16]]:
         """``samples`` of packet-loss concealment, continuing from the last packet."""
+        self.samples_concealed += samples
+        if self._direct is not None:
+            return [self._direct.conceal(samples)]
         out: list[npt.NDArray[np.int16]] = []
         # A TOC byte with no frame data is a lost frame (RFC 6716 §3.2.1): the
         # decoder extrapolates, then fades to comfort noise or silence.
@@ -747,7 +718,6 @@ class AudioDecoder:
                 pcm = np.zeros((remaining, self._decode_channels), np.int16)
             out.append(pcm[:remaining])
             remaining -= len(out[-1])
-        self.samples_concealed += samples
         return out
 
     def decode(self, data: bytes, rtp_time: int | None = None) -> npt.NDArray[np.int16]:
@@ -771,8 +741,9 @@ class AudioDecoder:
         if rtp_time is not None and self._next_rtp is not None:
             gap = rtp_time - self._next_rtp
             if 0 < gap <= _MAX_CONCEAL_SAMPLES:
-                parts = self._conceal(gap)
+                parts = self._fill(gap, data)
                 start = self._next_rtp
+                self._next_rtp = rtp_time  # the gap is out, even if this packet turns out corrupt
         pcm = self._decode_packet(data)
         if pcm is not None:
             self._last_toc = data[0]
