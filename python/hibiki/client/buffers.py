@@ -10,16 +10,17 @@ reader's loop never polls and the producer never blocks.
 from __future__ import annotations
 
 import asyncio
+import queue
 import threading
-import time
-from collections import deque
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .errors import TrackEnded
 
 __all__ = ["FrameBuffer"]
 
 T = TypeVar("T")
+
+_CLOSED = object()
 
 
 def _wake(fut: asyncio.Future[None]) -> None:
@@ -31,11 +32,22 @@ class FrameBuffer(Generic[T]):
     """Bounded FIFO; when full the oldest item is dropped (latest wins).
 
     ``close()`` ends it: readers get what is left, then :class:`TrackEnded`.
+
+    Items sit in a :class:`queue.SimpleQueue`, whose blocking ``get`` is done
+    in C: a frame handed to a blocked reader costs one lock hand-over, where
+    a :class:`threading.Condition` costs a dozen Python-level steps on each
+    side (40 us per 20 ms audio frame on a small VM, B6 in BENCHMARKS.md).
+    Closing puts a sentinel behind the last item, which every reader that
+    meets it puts back for the next one.
     """
 
     def __init__(self, maxlen: int, what: str = "frame") -> None:
-        self._items: deque[T] = deque(maxlen=maxlen)
-        self._cond = threading.Condition()
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._maxlen = max(1, maxlen)
+        # Serializes producers with close() (so nothing lands behind the
+        # sentinel) and guards the coroutine waiters; readers never take it
+        # to block.
+        self._lock = threading.Lock()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._closed = False
         self._what = what
@@ -43,7 +55,8 @@ class FrameBuffer(Generic[T]):
         """How many items were pushed out because nobody read them in time."""
 
     def __len__(self) -> int:
-        return len(self._items)
+        # After close() the sentinel is in the queue for good.
+        return max(0, self._queue.qsize() - (1 if self._closed else 0))
 
     @property
     def closed(self) -> bool:
@@ -51,27 +64,32 @@ class FrameBuffer(Generic[T]):
 
     def put(self, item: T) -> None:
         """Add ``item`` (any thread). Never blocks."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
-            if len(self._items) == self._items.maxlen:
-                self.dropped += 1
-            self._items.append(item)
-            self._cond.notify()
+            self._queue.put(item)
+            if self._queue.qsize() > self._maxlen:
+                try:
+                    self._queue.get_nowait()
+                    self.dropped += 1
+                except queue.Empty:  # a reader took it meanwhile
+                    pass
+            if not self._waiters:
+                return
             waiters, self._waiters = self._waiters, []
         self._wake_all(waiters)
 
     def clear(self) -> None:
-        with self._cond:
-            self._items.clear()
+        while self.get_nowait() is not None:
+            pass
 
     def close(self) -> None:
         """End the buffer; blocked and awaiting readers wake up."""
-        with self._cond:
+        with self._lock:
             if self._closed:
                 return
             self._closed = True
-            self._cond.notify_all()
+            self._queue.put(_CLOSED)
             waiters, self._waiters = self._waiters, []
         self._wake_all(waiters)
 
@@ -84,30 +102,34 @@ class FrameBuffer(Generic[T]):
                 # The reader's loop was closed meanwhile; nobody is waiting anymore.
                 pass
 
+    def _ended(self) -> TrackEnded:
+        self._queue.put(_CLOSED)  # for the next reader
+        return TrackEnded(f"no more {self._what}s: the track has ended")
+
     def get(self, timeout: float | None = None) -> T:
         """Block until an item is available and return it.
 
         Raises TimeoutError after ``timeout`` seconds (None: wait forever) and
         TrackEnded once the buffer is closed and empty.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._cond:
-            while not self._items:
-                if self._closed:
-                    raise TrackEnded(f"no more {self._what}s: the track has ended")
-                if deadline is None:
-                    self._cond.wait()
-                else:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise TimeoutError(f"no {self._what} within {timeout} s")
-                    self._cond.wait(remaining)
-            return self._items.popleft()
+        try:
+            item = self._queue.get(timeout=None if timeout is None else max(0.0, timeout))
+        except queue.Empty:
+            raise TimeoutError(f"no {self._what} within {timeout} s") from None
+        if item is _CLOSED:
+            raise self._ended()
+        return cast(T, item)
 
     def get_nowait(self) -> T | None:
-        """Return the oldest item, or None when empty."""
-        with self._cond:
-            return self._items.popleft() if self._items else None
+        """Return the oldest item, or None when empty (or closed and empty)."""
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if item is _CLOSED:
+            self._queue.put(_CLOSED)
+            return None
+        return cast(T, item)
 
     async def aget(self, timeout: float | None = None) -> T:
         """Await an item on the running loop (any loop, any thread).
@@ -117,14 +139,24 @@ class FrameBuffer(Generic[T]):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
-            with self._cond:
-                if self._items:
-                    return self._items.popleft()
-                if self._closed:
-                    raise TrackEnded(f"no more {self._what}s: the track has ended")
-                fut: asyncio.Future[None] = loop.create_future()
-                entry = (loop, fut)
-                self._waiters.append(entry)
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                if item is _CLOSED:
+                    raise self._ended()
+                return cast(T, item)
+            fut: asyncio.Future[None] = loop.create_future()
+            entry = (loop, fut)
+            with self._lock:
+                # Checked again under the lock: a put() or close() before this
+                # point is seen here, one after it finds the waiter.
+                ready = self._queue.qsize() > 0
+                if not ready:
+                    self._waiters.append(entry)
+            if ready:
+                continue
             try:
                 if deadline is None:
                     await fut
@@ -138,6 +170,6 @@ class FrameBuffer(Generic[T]):
                     except TimeoutError:
                         raise TimeoutError(f"no {self._what} within {timeout} s") from None
             finally:
-                with self._cond:
+                with self._lock:
                     if entry in self._waiters:
                         self._waiters.remove(entry)

@@ -486,8 +486,12 @@ class AudioSource(_SourceBase):
             raise ValueError(f"sample_rate must be >= 8000, got {sample_rate}")
         self.channels = int(channels)
         self.sample_rate = int(sample_rate)
-        # (pcm, capture time on the monotonic clock), or None to stop.
-        self._queue: queue.Queue[tuple[np.ndarray, float] | None] = queue.Queue(maxsize=max(1, queue_size))
+        # (pcm, capture time on the monotonic clock), or None to stop. A
+        # SimpleQueue hands a chunk to the blocked worker in C (a Queue's
+        # Condition costs tens of us per chunk on a small VM); the semaphore
+        # bounds it: a slot per queued chunk, given back when the worker takes it.
+        self._queue: queue.SimpleQueue[tuple[np.ndarray, float] | None] = queue.SimpleQueue()
+        self._slots = threading.Semaphore(max(1, queue_size))
 
     def on_data(self, ndarray: np.ndarray, timestamp: float | None = None) -> None:
         """Queue PCM for encoding.
@@ -514,25 +518,18 @@ class AudioSource(_SourceBase):
             return
         if not self._enabled:
             pcm = np.zeros_like(pcm)
-        try:
-            captured = time.monotonic() if timestamp is None else float(timestamp)
-            self._queue.put((np.array(pcm, dtype=np.int16, order="C", copy=True), captured), timeout=5.0)
-        except queue.Full:
+        captured = time.monotonic() if timestamp is None else float(timestamp)
+        if not self._slots.acquire(timeout=5.0):
             # Only when the worker is stuck; say so rather than block forever.
             self.frames_dropped += 1
             logger.warning("audio source queue stayed full for 5 s; dropping %d samples", len(pcm))
+            return
+        self._queue.put((np.array(pcm, dtype=np.int16, order="C", copy=True), captured))
 
     def _stop_locked(self) -> None:
-        # The sentinel goes after whatever is queued: pending audio still goes out.
-        try:
-            self._queue.put_nowait(None)
-        except queue.Full:
-            # Make room: the connection is gone anyway.
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._queue.put_nowait(None)
+        # The sentinel goes after whatever is queued: pending audio still goes
+        # out. It takes no slot, so stopping never waits for room.
+        self._queue.put(None)
 
     def _encoder_key(self, target: _Attachment) -> tuple[Any, ...]:
         """What decides an encoder: codec, bitrate and the Opus settings from ``audio_params``.
@@ -559,6 +556,8 @@ class AudioSource(_SourceBase):
         try:
             while True:
                 item = self._queue.get()
+                if item is not None:
+                    self._slots.release()
                 if item is None:
                     with self._lock:
                         if not self._attachments:
