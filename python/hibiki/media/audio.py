@@ -697,9 +697,10 @@ class AudioDecoder:
         if covered:
             pcm = direct.recover(following, covered)
             if pcm is None or len(pcm) != covered:
-                return self._conceal(samples)
-            parts.append(pcm)
-            self.samples_recovered += covered
+                parts += self._conceal(covered)  # the packet is corrupt after all
+            else:
+                parts.append(pcm)
+                self.samples_recovered += covered
         return parts
 
     def _conceal(self, samples: int) -> list[npt.NDArray[np.int16]]:

@@ -14,8 +14,9 @@ wrapper through PyAV when it does not. Two reasons:
   in-band FEC: decoding the redundancy the next packet carries in place of a
   lost one (``decode_fec``), which is what the sender's FEC is for.
 
-The encoder is set up as FFmpeg's ``libopus`` encoder with our options sets
-it up (unconstrained VBR, complexity 10), so both give the same packets.
+``AudioEncoder`` configures this encoder the way it configures FFmpeg's
+``libopus`` encoder (unconstrained VBR, complexity 10, the same bitrate, FEC
+and bandwidth), so both paths give the same packets.
 """
 
 from __future__ import annotations
@@ -119,8 +120,8 @@ def load() -> ctypes.CDLL | None:
 class Encoder:
     """One libopus encoder state at 48 kHz.
 
-    ``settings`` maps ``OPUS_SET_*`` requests to values; the state is freed
-    when the object goes, ``close()`` or not.
+    ``settings`` maps ``OPUS_SET_*`` requests to values; the native state is
+    freed when the object is collected.
     """
 
     def __init__(self, lib: ctypes.CDLL, channels: int, application: str, settings: Mapping[int, int]) -> None:

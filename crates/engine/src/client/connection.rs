@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 
@@ -37,6 +38,10 @@ pub(crate) struct ClientConnection {
     /// Events produced outside a drain (SDP handling), sent at the next one.
     pending: Vec<EngineEvent>,
     last_bitrate: u64,
+    /// When a datagram last came in, and a frame or message last went out
+    /// (see [`super::slack`]).
+    pub last_receive: Option<Instant>,
+    pub last_send: Option<Instant>,
 }
 
 /// Host candidates: every IPv4 interface address (loopback included, so
@@ -84,6 +89,8 @@ impl ClientConnection {
             dead: None,
             pending: Vec::new(),
             last_bitrate: 0,
+            last_receive: None,
+            last_send: None,
         })
     }
 
@@ -129,6 +136,11 @@ impl ClientConnection {
             }
         }
         Ok(answer)
+    }
+
+    /// How late this connection's timers may fire (see [`super::slack`]).
+    pub fn timer_slack(&self, now: Instant) -> Duration {
+        super::slack::timer_slack(self.connected, self.last_receive, self.last_send, now)
     }
 
     /// True once after each change of `connected`.
