@@ -65,6 +65,19 @@ def test_hysteresis_steps_up_only_with_headroom() -> None:
     assert adapter.update(int(exact * 1.35), 1280, 720).width == 1280
 
 
+@pytest.mark.parametrize("preference", [DegradationPreference.BALANCED, DegradationPreference.MAINTAIN_RESOLUTION])
+def test_frame_rate_returns_to_full_once_the_estimate_recovers(preference: DegradationPreference) -> None:
+    # 1.5 Mbit/s at 720p30 is 0.054 bit per pixel: fits, but within the 30 %
+    # headroom a size step needs. A dip of the estimate lowers the frame rate;
+    # its recovery to the cap must bring the full rate back.
+    adapter = VideoAdapter(preference, framerate=30)
+    assert adapter.update(1_500_000, 1280, 720).framerate == 30
+    dip = adapter.update(1_000_000, 1280, 720)
+    assert (dip.width, dip.height) == (1280, 720) and dip.framerate < 30
+    assert adapter.update(1_500_000, 1280, 720) == Adaptation(1280, 720, 30.0)
+    assert _admitted(adapter) == pytest.approx(30, abs=0.5)
+
+
 def test_none_means_balanced_and_bad_values_are_refused() -> None:
     assert VideoAdapter(None).preference is DegradationPreference.BALANCED
     with pytest.raises(ValueError):

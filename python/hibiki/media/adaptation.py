@@ -15,9 +15,10 @@ lets the user choose what with ``degradation_preference``:
 The rule is a budget of bits per pixel per frame: below about 0.05 a
 real-time VP8/VP9/H.264 encoder at speed settings like ours produces mush,
 so the picture is made smaller (in libwebrtc's steps of 3/4 and 1/2) or the
-frame rate lower until each pixel gets that much. A step up needs 30 %
-headroom and a step down is taken at once, so the picture does not flap
-when the estimate wobbles around a threshold.
+frame rate lower until each pixel gets that much. A step up in size needs
+30 % headroom and a step down is taken at once, so the picture does not
+flap (each size change costs a keyframe) when the estimate wobbles around
+a threshold; the frame rate follows the estimate both ways.
 
 >>> adapter = VideoAdapter(DegradationPreference.MAINTAIN_FRAMERATE, framerate=30)
 >>> adapter.update(bitrate=300_000, width=1280, height=720)
@@ -126,10 +127,12 @@ class VideoAdapter:
     def _pick_framerate(self, bitrate: float, pixels: float, floor: float) -> float:
         affordable = bitrate / (pixels * MIN_BITS_PER_PIXEL)
         if affordable >= self.max_framerate:
-            # Back to full rate only with headroom (no flapping at the edge).
-            if self._framerate >= self.max_framerate or affordable >= self.max_framerate * _UPGRADE_HEADROOM:
-                return self.max_framerate
-            return self._framerate
+            # Back to the full rate as soon as it fits, without headroom: a
+            # frame-rate step costs no keyframe or reopen, so flapping at the
+            # edge is harmless, while headroom would keep a stream whose cap
+            # (video_bit_rate) sits just above the threshold below full rate
+            # for good after one dip of the estimate.
+            return self.max_framerate
         return max(floor, min(self.max_framerate, round(affordable, 1)))
 
     def admit(self, timestamp: float) -> bool:

@@ -1,7 +1,7 @@
 //! One client connection: a peer, its UDP socket and the remote tracks it
 //! has announced to Python.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -30,6 +30,8 @@ pub(crate) struct ClientConnection {
     /// Remote tracks announced to Python, by mid, with their frame queue
     /// when frames are routed per track.
     remote: HashMap<Mid, Option<Arc<FrameQueue>>>,
+    /// Which of those are video.
+    remote_video: HashSet<Mid>,
     /// Give each remote track its own [`FrameQueue`] (see `ClientEngine::connect`).
     route_frames: bool,
     pub connected: bool,
@@ -83,6 +85,7 @@ impl ClientConnection {
             socket,
             candidates,
             remote: HashMap::new(),
+            remote_video: HashSet::new(),
             route_frames,
             connected: false,
             reported_connected: false,
@@ -118,6 +121,9 @@ impl ClientConnection {
                     }))
                 });
                 self.remote.insert(info.mid, queue.clone());
+                if info.kind.as_str() == "video" {
+                    self.remote_video.insert(info.mid);
+                }
                 let mut ev = EngineEvent::new(EventKind::TrackAdded, self.name.clone());
                 ev.mid = Some(info.mid.to_string());
                 ev.media = Some(info.kind.as_str());
@@ -126,6 +132,7 @@ impl ClientConnection {
                 ev.frames = queue;
                 self.pending.push(ev);
             } else if !live && known {
+                self.remote_video.remove(&info.mid);
                 if let Some(Some(queue)) = self.remote.remove(&info.mid) {
                     queue.close();
                 }
@@ -140,7 +147,12 @@ impl ClientConnection {
 
     /// How late this connection's timers may fire (see [`super::slack`]).
     pub fn timer_slack(&self, now: Instant) -> Duration {
-        super::slack::timer_slack(self.connected, self.last_receive, self.last_send, now)
+        super::slack::timer_slack(
+            self.connected && self.remote_video.is_empty(),
+            self.last_receive,
+            self.last_send,
+            now,
+        )
     }
 
     /// True once after each change of `connected`.
