@@ -1,11 +1,10 @@
 //! One client connection: a peer, its UDP socket and the remote tracks it
 //! has announced to Python.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 
@@ -30,8 +29,6 @@ pub(crate) struct ClientConnection {
     /// Remote tracks announced to Python, by mid, with their frame queue
     /// when frames are routed per track.
     remote: HashMap<Mid, Option<Arc<FrameQueue>>>,
-    /// Which of those are video.
-    remote_video: HashSet<Mid>,
     /// Give each remote track its own [`FrameQueue`] (see `ClientEngine::connect`).
     route_frames: bool,
     pub connected: bool,
@@ -40,10 +37,6 @@ pub(crate) struct ClientConnection {
     /// Events produced outside a drain (SDP handling), sent at the next one.
     pending: Vec<EngineEvent>,
     last_bitrate: u64,
-    /// When a datagram last came in, and a frame or message last went out
-    /// (see [`super::slack`]).
-    pub last_receive: Option<Instant>,
-    pub last_send: Option<Instant>,
 }
 
 /// Host candidates: every IPv4 interface address (loopback included, so
@@ -85,15 +78,12 @@ impl ClientConnection {
             socket,
             candidates,
             remote: HashMap::new(),
-            remote_video: HashSet::new(),
             route_frames,
             connected: false,
             reported_connected: false,
             dead: None,
             pending: Vec::new(),
             last_bitrate: 0,
-            last_receive: None,
-            last_send: None,
         })
     }
 
@@ -121,9 +111,6 @@ impl ClientConnection {
                     }))
                 });
                 self.remote.insert(info.mid, queue.clone());
-                if info.kind.as_str() == "video" {
-                    self.remote_video.insert(info.mid);
-                }
                 let mut ev = EngineEvent::new(EventKind::TrackAdded, self.name.clone());
                 ev.mid = Some(info.mid.to_string());
                 ev.media = Some(info.kind.as_str());
@@ -132,7 +119,6 @@ impl ClientConnection {
                 ev.frames = queue;
                 self.pending.push(ev);
             } else if !live && known {
-                self.remote_video.remove(&info.mid);
                 if let Some(Some(queue)) = self.remote.remove(&info.mid) {
                     queue.close();
                 }
@@ -143,16 +129,6 @@ impl ClientConnection {
             }
         }
         Ok(answer)
-    }
-
-    /// How late this connection's timers may fire (see [`super::slack`]).
-    pub fn timer_slack(&self, now: Instant) -> Duration {
-        super::slack::timer_slack(
-            self.connected && self.remote_video.is_empty(),
-            self.last_receive,
-            self.last_send,
-            now,
-        )
     }
 
     /// True once after each change of `connected`.
