@@ -1,14 +1,16 @@
 //! One client connection: a peer, its UDP socket and the remote tracks it
 //! has announced to Python.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use mio::net::UdpSocket;
 
 use super::pick_local;
+use super::slack::Activity;
 use crate::event::{EngineEvent, EventKind};
 use crate::frames::FrameQueue;
 use crate::peer::{mid_from_str, Mid, Output, Peer, PeerEvent};
@@ -29,6 +31,10 @@ pub(crate) struct ClientConnection {
     /// Remote tracks announced to Python, by mid, with their frame queue
     /// when frames are routed per track.
     remote: HashMap<Mid, Option<Arc<FrameQueue>>>,
+    /// Which of those are video.
+    remote_video: HashSet<Mid>,
+    /// Whether any m-line sends (audio or video) as negotiated now.
+    sends_media: bool,
     /// Give each remote track its own [`FrameQueue`] (see `ClientEngine::connect`).
     route_frames: bool,
     pub connected: bool,
@@ -37,6 +43,10 @@ pub(crate) struct ClientConnection {
     /// Events produced outside a drain (SDP handling), sent at the next one.
     pending: Vec<EngineEvent>,
     last_bitrate: u64,
+    /// When a datagram last came in, and a data-channel message last went
+    /// out (see [`super::slack`]).
+    pub last_receive: Option<Instant>,
+    pub last_message: Option<Instant>,
 }
 
 /// Host candidates: every IPv4 interface address (loopback included, so
@@ -78,12 +88,16 @@ impl ClientConnection {
             socket,
             candidates,
             remote: HashMap::new(),
+            remote_video: HashSet::new(),
+            sends_media: false,
             route_frames,
             connected: false,
             reported_connected: false,
             dead: None,
             pending: Vec::new(),
             last_bitrate: 0,
+            last_receive: None,
+            last_message: None,
         })
     }
 
@@ -100,7 +114,9 @@ impl ClientConnection {
             .filter_map(|l| l.trim().strip_prefix("a=mid:"))
             .map(mid_from_str)
             .collect();
-        for info in self.peer.media_lines(mids) {
+        let lines = self.peer.media_lines(mids);
+        self.sends_media = lines.iter().any(|info| info.sending && !info.stopped);
+        for info in lines {
             let known = self.remote.contains_key(&info.mid);
             let live = info.receiving && !info.stopped;
             if live && !known {
@@ -111,6 +127,9 @@ impl ClientConnection {
                     }))
                 });
                 self.remote.insert(info.mid, queue.clone());
+                if info.kind.as_str() == "video" {
+                    self.remote_video.insert(info.mid);
+                }
                 let mut ev = EngineEvent::new(EventKind::TrackAdded, self.name.clone());
                 ev.mid = Some(info.mid.to_string());
                 ev.media = Some(info.kind.as_str());
@@ -119,6 +138,7 @@ impl ClientConnection {
                 ev.frames = queue;
                 self.pending.push(ev);
             } else if !live && known {
+                self.remote_video.remove(&info.mid);
                 if let Some(Some(queue)) = self.remote.remove(&info.mid) {
                     queue.close();
                 }
@@ -129,6 +149,18 @@ impl ClientConnection {
             }
         }
         Ok(answer)
+    }
+
+    /// How late this connection's timers may fire (see [`super::slack`]).
+    pub fn timer_slack(&self, now: Instant) -> Duration {
+        Activity {
+            connected: self.connected,
+            sends_media: self.sends_media,
+            receives_video: !self.remote_video.is_empty(),
+            last_receive: self.last_receive,
+            last_send: self.last_message,
+        }
+        .timer_slack(now)
     }
 
     /// True once after each change of `connected`.

@@ -5,6 +5,7 @@
 //! writes encoded frames and receives encoded frames as events.
 
 mod connection;
+mod slack;
 
 use std::collections::HashMap;
 use std::io::ErrorKind;
@@ -243,8 +244,7 @@ impl Worker {
         loop {
             let now = Instant::now();
             let wait = self
-                .timers
-                .next_deadline()
+                .next_wake(now)
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(MAX_WAIT)
                 .min(MAX_WAIT);
@@ -279,6 +279,20 @@ impl Worker {
         }
     }
 
+    /// When to wake for timers: each connection's deadline plus its slack
+    /// (see [`slack`]); every timer due by then is handled in that wake.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        self.timers
+            .deadlines()
+            .map(|(h, at)| {
+                at + self
+                    .conns
+                    .get(&h)
+                    .map_or(Duration::ZERO, |c| c.timer_slack(now))
+            })
+            .min()
+    }
+
     fn read(&mut self, handle: u64, buf: &mut [u8]) {
         loop {
             let Some(conn) = self.conns.get(&handle) else {
@@ -290,6 +304,7 @@ impl Worker {
                     let data = &buf[..n];
                     let now = Instant::now();
                     self.with_conn(handle, |c| {
+                        c.last_receive = Some(now);
                         // A bad datagram is the sender's problem.
                         if let Err(e) = c.peer.handle_receive(now, source, destination, data) {
                             debug!(handle, error = %e, "dropped datagram");
@@ -420,6 +435,7 @@ impl Worker {
             Command::SendData(handle, label, data, reply) => {
                 let mut r = Err(format!("unknown connection {handle}"));
                 self.with_conn(handle, |c| {
+                    c.last_message = Some(Instant::now());
                     // The C++ Sora client sends every message as binary;
                     // so do we.
                     r = c.peer.send_channel(&label, &data, true);

@@ -1,0 +1,118 @@
+//! How late a client connection's timers may fire.
+//!
+//! str0m asks to be woken for a TWCC report every 50 ms whenever packets
+//! arrived since the last one, and for RTCP reports and NACK checks. A
+//! connection receiving a media stream is woken by its packets anyway
+//! (every 20 ms for Opus, every few ms for video), and each wake handles
+//! every timer due by then; so its timers may wait a little for the next
+//! packet instead of waking the engine thread on their own. On a small VM
+//! a wake-up costs tens of microseconds: these were 0.4 extra wake-ups per
+//! received Opus packet (B6 in BENCHMARKS.md).
+//!
+//! Only on a connection that sends no media, while audio flows in, no
+//! video does, and no message went out for a second. A sender's pacer and
+//! bandwidth probes need their timers on time, and that includes the time
+//! before its first frame: a publisher's link is probed from the moment
+//! it connects, and with its timers late the first estimate came out low
+//! enough to change which simulcast layers it could send (the cap test in
+//! `tests/test_simulcast.py` then saw a different stream). So do ICE and
+//! DTLS before the connection is up. So do a video receiver's NACKs: sent
+//! late, a retransmission can come after str0m has given the frame up,
+//! and the decoder then asks for a keyframe. (Video's packets come several
+//! per frame, so its timer wake-ups matter less anyway.)
+
+use std::time::{Duration, Instant};
+
+/// How late a timer may fire on a connection that only receives: one Opus
+/// packet's interval, so a stream of them always comes first.
+pub(crate) const SLACK: Duration = Duration::from_millis(20);
+/// Received within this: media is flowing in.
+const FLOWING: Duration = Duration::from_millis(100);
+/// Nothing sent for this long: the connection only receives.
+const QUIET: Duration = Duration::from_secs(1);
+
+/// What a connection is doing, as far as its timers' slack goes.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Activity {
+    /// ICE and DTLS are up.
+    pub connected: bool,
+    /// An m-line sends audio or video, as negotiated now (whether or not a
+    /// frame has been written yet).
+    pub sends_media: bool,
+    /// An m-line receives video.
+    pub receives_video: bool,
+    /// When a datagram last came in.
+    pub last_receive: Option<Instant>,
+    /// When a data-channel message last went out.
+    pub last_send: Option<Instant>,
+}
+
+impl Activity {
+    /// The slack for this connection's timers (zero: on time).
+    pub fn timer_slack(&self, now: Instant) -> Duration {
+        let since = |t: Instant| now.saturating_duration_since(t);
+        let flowing = self.last_receive.is_some_and(|t| since(t) < FLOWING);
+        let quiet = self.last_send.is_none_or(|t| since(t) >= QUIET);
+        if self.connected && !self.sends_media && !self.receives_video && flowing && quiet {
+            SLACK
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_audio_receiver_with_media_flowing_and_nothing_sent_gets_slack() {
+        let now = Instant::now() + Duration::from_secs(10);
+        let ms = |n: u64| Some(now - Duration::from_millis(n));
+        let receiver = Activity {
+            connected: true,
+            last_receive: ms(5),
+            ..Activity::default()
+        };
+        assert_eq!(receiver.timer_slack(now), SLACK);
+        let messaged_long_ago = Activity {
+            last_send: ms(1500),
+            ..receiver
+        };
+        assert_eq!(messaged_long_ago.timer_slack(now), SLACK);
+        // Just sent a message: SCTP's timers must be on time.
+        let messaged = Activity {
+            last_send: ms(200),
+            ..receiver
+        };
+        assert_eq!(messaged.timer_slack(now), Duration::ZERO);
+        // A publisher, even before its first frame: its link is being probed.
+        let publisher = Activity {
+            sends_media: true,
+            ..receiver
+        };
+        assert_eq!(publisher.timer_slack(now), Duration::ZERO);
+        // Nothing flowing in (or not yet): no packet would come first.
+        let idle = Activity {
+            last_receive: ms(500),
+            ..receiver
+        };
+        assert_eq!(idle.timer_slack(now), Duration::ZERO);
+        let silent = Activity {
+            last_receive: None,
+            ..receiver
+        };
+        assert_eq!(silent.timer_slack(now), Duration::ZERO);
+        // ICE and DTLS are not up yet, or video comes in.
+        let connecting = Activity {
+            connected: false,
+            ..receiver
+        };
+        assert_eq!(connecting.timer_slack(now), Duration::ZERO);
+        let video = Activity {
+            receives_video: true,
+            ..receiver
+        };
+        assert_eq!(video.timer_slack(now), Duration::ZERO);
+    }
+}
