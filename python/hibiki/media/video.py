@@ -82,6 +82,9 @@ _KEYFRAME_INTERVAL = _KEYFRAME_INTERVAL_S * VIDEO_CLOCK_RATE
 # Reopen an encoder whose rate control assumes a constant frame rate when
 # the measured rate differs by more than this factor from the one it has.
 _FRAMERATE_DRIFT = 1.25
+# A gap between frames this many times the usual spacing is a pause of the
+# source when the next gap is usual again, and a slower source when it is not.
+_PAUSE = 4.0
 
 # SVT-AV1 prints a banner of ~15 lines to stderr on every encoder it opens
 # unless told otherwise; keep errors only, unless the user chose a level.
@@ -712,7 +715,9 @@ class VideoEncoder:
                 ``"H264"`` or ``"H265"``.
             bitrate: Target bitrate in bit/s.
             framerate: Nominal frame rate: the rate control's idea of frame
-                duration until frames arrive (then their timestamps count).
+                duration until frames arrive. From then on the spacing of
+                their timestamps counts, smoothed over about 10 frames; a
+                single long gap is a pause of the source, not a frame rate.
             params: sora-sdk's per-codec parameters for this codec, e.g.
                 ``{"profile_level_id": "42e01f"}`` (``video_h264_params``),
                 ``{"profile_id": 0}`` (``video_vp9_params``) or
@@ -763,6 +768,9 @@ class VideoEncoder:
         self._last_key_rtp: int | None = None
         self._last_rtp: int | None = None
         self._mean_spacing: float | None = None  # RTP ticks between frames, smoothed
+        self._paused = False  # the last gap was a pause (see _observe)
+        # The encoder was opened at the nominal rate, before one was measured.
+        self._framerate_guessed = True
         # pts -> rtp_time, for the (codec-dependent) case that a packet comes
         # out later than its frame went in.
         self._rtp_of_pts: dict[int, int] = {}
@@ -873,7 +881,14 @@ class VideoEncoder:
             ctx.bit_rate = self._bitrate
             # Keyframes are forced every _KEYFRAME_INTERVAL_S of media time
             # (encode()); the encoder's own interval is only a safety net.
-            ctx.gop_size = max(1, round(framerate * _KEYFRAME_INTERVAL_S * 2))
+            # Counted at the nominal frame rate, not the one opened with: at
+            # a measured rate far below the real one (after a slow spell) it
+            # came first, every keyframe was the encoder's own, and the
+            # reopen that corrects the rate, which waits for one of ours,
+            # never came (x264 stayed at 4-13x its bitrate).
+            ctx.gop_size = max(
+                1, round(max(framerate, self._framerate) * _KEYFRAME_INTERVAL_S * 2)
+            )
             ctx.max_b_frames = 0
             threads = choice.threads(width, height)
             ctx.thread_count = threads
@@ -920,25 +935,75 @@ class VideoEncoder:
         """Track the frame spacing (in RTP ticks) the source really has."""
         if self._last_rtp is not None and rtp_time > self._last_rtp:
             spacing = float(rtp_time - self._last_rtp)
-            # Smooth over ~10 frames so that jitter does not look like a change.
             mean = self._mean_spacing
-            self._mean_spacing = spacing if mean is None else 0.9 * mean + 0.1 * spacing
+            if mean is None:
+                self._mean_spacing = spacing
+            elif spacing > _PAUSE * mean and not self._paused:
+                # A pause is not a frame rate: counted in, it made the next
+                # frames look long, and the rate control gave each of them
+                # that much time's worth of bits (VP8/VP9 1.9x their target
+                # for a second after a 5 s pause). The next gap tells.
+                self._paused = True
+            elif spacing > _PAUSE * mean:
+                # Two long gaps in a row: the source is slower now.
+                self._mean_spacing = spacing
+                self._paused = False
+            else:
+                # Smooth over ~10 frames so that jitter does not look like a change.
+                self._mean_spacing = 0.9 * mean + 0.1 * spacing
+                self._paused = False
         self._last_rtp = rtp_time
+
+    def _frame_spacing(self) -> float:
+        """The source's frame spacing in RTP ticks, smoothed (nominal until measured)."""
+        if self._mean_spacing is None:
+            return VIDEO_CLOCK_RATE / self._framerate
+        return self._mean_spacing
 
     def _measured_framerate(self) -> float:
         if self._mean_spacing is None:
             return float(self._framerate)
         return min(max(VIDEO_CLOCK_RATE / self._mean_spacing, 1.0), 240.0)
 
-    def _framerate_drifted(self) -> bool:
+    def _framerate_ratio(self) -> float | None:
+        """Measured frame rate / the one the encoder was opened with, where it matters."""
         if (
             self._choice is None
             or self._choice.follows_timestamps
             or self._mean_spacing is None
         ):
+            return None
+        return self._measured_framerate() / self._opened_framerate
+
+    def _framerate_drifted(self) -> bool:
+        ratio = self._framerate_ratio()
+        return ratio is not None and (
+            ratio > _FRAMERATE_DRIFT or ratio < 1 / _FRAMERATE_DRIFT
+        )
+
+    def _framerate_urgent(self, rtp_time: int) -> bool:
+        """Whether the encoder's frame rate is wrong enough to reopen now, not at the next keyframe.
+
+        When the source is faster than the encoder thinks, each frame still
+        gets the bits of one frame at the opened rate, so it sends that ratio
+        over its bitrate until the reopen (measured: x264 2x, SVT-AV1 2.4x
+        for the second after a source went from 15 to 30 fps, as the
+        adaptation does when the estimate recovers). A keyframe costs less.
+        A slower source only undershoots and waits, unless the encoder was
+        opened at the nominal rate before any was measured (a 15 fps camera
+        was sent at half its bitrate for the first 2 s).
+        """
+        ratio = self._framerate_ratio()
+        if ratio is None:
             return False
-        ratio = self._measured_framerate() / self._opened_framerate
-        return ratio > _FRAMERATE_DRIFT or ratio < 1 / _FRAMERATE_DRIFT
+        if 1 / _FRAMERATE_DRIFT <= ratio <= _FRAMERATE_DRIFT:
+            self._framerate_guessed = False  # the nominal rate was right
+            return False
+        return (ratio > 1 or self._framerate_guessed) and (
+            # At most one such reopen per quarter interval while a ramp goes on.
+            self._last_key_rtp is None
+            or not 0 <= rtp_time - self._last_key_rtp < _KEYFRAME_INTERVAL // 4
+        )
 
     def encode(
         self,
@@ -978,8 +1043,10 @@ class VideoEncoder:
         in_height, in_width = bgr.shape[:2]
         width, height = size if size is not None else (in_width, in_height)
         self._observe(rtp_time)
+        urgent = self._framerate_urgent(rtp_time)
         keyframe = (
             force_keyframe
+            or urgent
             or self._keyframe_requested
             or self._last_key_rtp is None
             or not 0 <= rtp_time - self._last_key_rtp < _KEYFRAME_INTERVAL
@@ -1001,17 +1068,22 @@ class VideoEncoder:
                 # zero-latency settings) before replacing it.
                 out = self._flush(rtp_time)
             choice = self._choice
+            measured = choice is not None and not choice.follows_timestamps
             framerate = (
-                self._measured_framerate()
-                if choice is not None and not choice.follows_timestamps
-                else float(self._framerate)
+                self._measured_framerate() if measured else float(self._framerate)
             )
+            if urgent and framerate > self._opened_framerate:
+                # The smoothed rate lags a rising source; where it is headed
+                # is most likely the nominal rate (the adaptation's or the
+                # camera's). Too high only undershoots until the next check.
+                framerate = max(framerate, float(self._framerate))
             self._ctx, self._choice = self._open(width, height, framerate)
             if self._choice.follows_timestamps:
                 framerate = float(self._framerate)
             self._size = (width, height)
             self._opened_bitrate = self._bitrate
             self._opened_framerate = framerate
+            self._framerate_guessed = self._mean_spacing is None or not measured
             self._reopen_pending = False
             self._rtp_of_pts.clear()
             self._last_pts = None
@@ -1041,12 +1113,18 @@ class VideoEncoder:
             frame = self._scaler.reformat(
                 frame, width=width, height=height, format=ctx.pix_fmt, interpolation="BILINEAR", threads=1
             )
-        # Keep pts strictly increasing whatever the caller passes (a repeated
-        # or wrapped RTP time must not make the encoder reject the frame).
+        # The encoder's clock advances by the source's smoothed frame spacing,
+        # not by each capture time's own step (libwebrtc feeds libvpx such a
+        # clock too). With the capture times, frames dropped unevenly (1 in
+        # 4, as the adaptation does for 22.5 fps, or by a camera) made VP8
+        # and VP9 send 1.4-1.5x their target bitrate; with this clock they
+        # hold it. It also keeps pts strictly increasing whatever the caller
+        # passes. Packets still carry their frame's capture time
+        # (`_rtp_of_pts`).
         pts = (
             rtp_time
-            if self._last_pts is None or rtp_time > self._last_pts
-            else self._last_pts + 1
+            if self._last_pts is None
+            else self._last_pts + max(1, round(self._frame_spacing()))
         )
         self._last_pts = pts
         frame.pts = pts
