@@ -1116,9 +1116,9 @@ class VideoEncoder:
         # The encoder's clock advances by the source's smoothed frame spacing,
         # not by each capture time's own step (libwebrtc feeds libvpx such a
         # clock too). With the capture times, frames dropped unevenly (1 in
-        # 4, as the adaptation does for 22.5 fps, or by a camera) made VP8
-        # and VP9 send 1.4-1.5x their target bitrate; with this clock they
-        # hold it. It also keeps pts strictly increasing whatever the caller
+        # 10 or 1 in 4, as the adaptation does for 27 or 22.5 fps, or by a
+        # camera) made VP8 and VP9 send 1.6x or 1.4x their target bitrate;
+        # with this clock they hold it. It also keeps pts strictly increasing whatever the caller
         # passes. Packets still carry their frame's capture time
         # (`_rtp_of_pts`).
         pts = (
