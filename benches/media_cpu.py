@@ -83,6 +83,7 @@ from media_cpu_peer import (
     patch_aiortc_bitrate,
     video_frames,
 )
+from media_cpu_peer import paced as paced_ticks
 from pipeline_floor import receive_floor, send_floor
 
 ALL_CODECS = ["VP8", "VP9", "AV1", "H264", "H265"]
@@ -95,13 +96,8 @@ TARGET_VS_AIORTC = 2.0
 # -- raw PyAV loops ----------------------------------------------------------------------------
 
 
-def _paced(n: int, rate: float, paced: bool):  # type: ignore[no-untyped-def]
-    nxt = time.monotonic()
-    for i in range(n):
-        yield i
-        if paced:
-            nxt += 1 / rate
-            time.sleep(max(0.0, nxt - time.monotonic()))
+def _paced(n: int, rate: float, paced: bool) -> Iterator[int]:
+    return iter(paced_ticks(n, rate)) if paced else iter(range(n))
 
 
 @dataclass

@@ -36,28 +36,13 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from media_cpu_peer import paced, pacing_cost
 
 RATE = 48_000
 FRAME = 960  # 20 ms
 PACKETS_PER_S = RATE / FRAME
 
 _STOP = object()
-
-
-def _paced_ticks(n: int, rate: float):  # type: ignore[no-untyped-def]
-    nxt = time.monotonic()
-    for i in range(n):
-        yield i
-        nxt += 1 / rate
-        time.sleep(max(0.0, nxt - time.monotonic()))
-
-
-def pacing_cpu(n: int, rate: float) -> float:
-    """CPU seconds of a paced loop of ``n`` ticks with nothing in it (taken out of the caller's figure)."""
-    t = time.thread_time()
-    for _ in _paced_ticks(n, rate):
-        pass
-    return time.thread_time() - t
 
 
 class _Counted(threading.Thread):
@@ -111,10 +96,10 @@ def send_floor(encode: Callable[[np.ndarray], list[bytes]], chunks: list[np.ndar
     drain.start()
 
     counted: list[_Counted] = []
-    pacing = pacing_cpu(min(n, 100), PACKETS_PER_S) / min(n, 100) * n
+    pacing = pacing_cost(PACKETS_PER_S, min(n, 100) / PACKETS_PER_S) * n
     if threads == 1:
         def caller() -> None:
-            for i in _paced_ticks(n, PACKETS_PER_S):
+            for i in paced(n, PACKETS_PER_S):
                 for data in encode(chunks[i % len(chunks)]):
                     tx.send(data)
         counted.append(_Counted("floor-caller", caller))
@@ -123,7 +108,7 @@ def send_floor(encode: Callable[[np.ndarray], list[bytes]], chunks: list[np.ndar
         to_net: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
         def caller() -> None:
-            for i in _paced_ticks(n, PACKETS_PER_S):
+            for i in paced(n, PACKETS_PER_S):
                 to_codec.put(np.array(chunks[i % len(chunks)], copy=True))  # as on_data copies
             to_codec.put(_STOP)
 
@@ -162,7 +147,7 @@ def receive_floor(decode: Callable[[bytes], list[object]], packets: list[bytes],
     got = [0]
 
     def remote() -> None:
-        for i in _paced_ticks(len(packets), PACKETS_PER_S):
+        for i in paced(len(packets), PACKETS_PER_S):
             tx.send(packets[i])
         tx.send(b"")  # end of stream
 
