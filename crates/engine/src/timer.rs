@@ -72,11 +72,6 @@ impl<K: Copy + Eq + Hash + Ord> TimerHeap<K> {
         }
     }
 
-    /// Every live key and its deadline, in no particular order.
-    pub fn deadlines(&self) -> impl Iterator<Item = (K, Instant)> + '_ {
-        self.current.iter().map(|(k, (at, _))| (*k, *at))
-    }
-
     pub fn len(&self) -> usize {
         self.current.len()
     }
@@ -133,10 +128,6 @@ mod tests {
         h.set(1u32, t0 + Duration::from_millis(50));
         h.set(2u32, t0 + Duration::from_millis(6));
         h.remove(2);
-        assert_eq!(
-            h.deadlines().collect::<Vec<_>>(),
-            [(1, t0 + Duration::from_millis(50))]
-        );
         let now = t0 + Duration::from_millis(10);
         assert_eq!(h.pop_due(now), None, "stale entries must not fire");
         assert_eq!(h.next_deadline(), Some(t0 + Duration::from_millis(50)));

@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 use mio::net::UdpSocket;
 
 use super::pick_local;
-use super::slack::Activity;
+use super::slack::{Activity, SlackTimers};
 use crate::event::{EngineEvent, EventKind};
 use crate::frames::FrameQueue;
 use crate::peer::{mid_from_str, Mid, Output, Peer, PeerEvent};
 use crate::queue::EventSender;
-use crate::timer::TimerHeap;
 
 /// Frames a remote track's queue holds for a decoder that fell behind:
 /// 2 s of 30 fps video, 2 s of 20 ms audio packets.
@@ -174,18 +173,14 @@ impl ClientConnection {
     }
 
     /// Drain the peer until it asks for a timeout.
-    pub fn drain(
-        &mut self,
-        timers: &mut TimerHeap<u64>,
-        events: &EventSender,
-    ) -> Result<(), String> {
+    pub fn drain(&mut self, timers: &mut SlackTimers, events: &EventSender) -> Result<(), String> {
         for ev in self.pending.drain(..) {
             events.send(ev);
         }
         loop {
             match self.peer.poll()? {
                 Some(Output::Timeout(t)) => {
-                    timers.set(self.handle, t);
+                    timers.set(self.handle, t, self.timer_slack(Instant::now()));
                     return Ok(());
                 }
                 Some(Output::Transmit {

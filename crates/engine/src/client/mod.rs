@@ -23,9 +23,9 @@ use tracing::{debug, info, warn};
 use crate::event::{EngineEvent, EventKind};
 use crate::peer::{mid_from_str, Peer, Role};
 use crate::queue::{event_queue, EventQueue, EventSender};
-use crate::timer::TimerHeap;
 use crate::waker::{command_channel, CommandSender};
 use connection::ClientConnection;
+use slack::SlackTimers;
 
 type Reply<T> = crossbeam_channel::Sender<Result<T, String>>;
 
@@ -77,7 +77,7 @@ impl ClientEngine {
         let worker = Worker {
             poll,
             conns: HashMap::new(),
-            timers: TimerHeap::new(),
+            timers: SlackTimers::default(),
             events,
             connected: connected.clone(),
             dying: Vec::new(),
@@ -231,7 +231,7 @@ impl Drop for ClientEngine {
 struct Worker {
     poll: Poll,
     conns: HashMap<u64, ClientConnection>,
-    timers: TimerHeap<u64>,
+    timers: SlackTimers,
     events: EventSender,
     connected: Arc<RwLock<HashMap<u64, bool>>>,
     dying: Vec<u64>,
@@ -244,7 +244,8 @@ impl Worker {
         loop {
             let now = Instant::now();
             let wait = self
-                .next_wake(now)
+                .timers
+                .next_wake()
                 .map(|d| d.saturating_duration_since(now))
                 .unwrap_or(MAX_WAIT)
                 .min(MAX_WAIT);
@@ -277,20 +278,6 @@ impl Worker {
             }
             self.reap();
         }
-    }
-
-    /// When to wake for timers: each connection's deadline plus its slack
-    /// (see [`slack`]); every timer due by then is handled in that wake.
-    fn next_wake(&self, now: Instant) -> Option<Instant> {
-        self.timers
-            .deadlines()
-            .map(|(h, at)| {
-                at + self
-                    .conns
-                    .get(&h)
-                    .map_or(Duration::ZERO, |c| c.timer_slack(now))
-            })
-            .min()
     }
 
     fn read(&mut self, handle: u64, buf: &mut [u8]) {
