@@ -44,6 +44,7 @@ import logging
 import math
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -769,6 +770,9 @@ class VideoEncoder:
         self._last_rtp: int | None = None
         self._mean_spacing: float | None = None  # RTP ticks between frames, smoothed
         self._paused = False  # the last gap was a pause (see _observe)
+        self._recent: deque[float] = deque(maxlen=5)  # the last gaps (not pauses)
+        self._last_urgent_rtp: int | None = None  # see _framerate_urgent
+        self._opened_rtp: int | None = None  # the first frame of the open encoder
         # The encoder was opened at the nominal rate, before one was measured.
         self._framerate_guessed = True
         # pts -> rtp_time, for the (codec-dependent) case that a packet comes
@@ -952,6 +956,8 @@ class VideoEncoder:
                 # Smooth over ~10 frames so that jitter does not look like a change.
                 self._mean_spacing = 0.9 * mean + 0.1 * spacing
                 self._paused = False
+            if not self._paused:
+                self._recent.append(spacing)
         self._last_rtp = rtp_time
 
     def _frame_spacing(self) -> float:
@@ -991,19 +997,24 @@ class VideoEncoder:
         adaptation does when the estimate recovers). A keyframe costs less.
         A slower source only undershoots and waits, unless the encoder was
         opened at the nominal rate before any was measured (a 15 fps camera
-        was sent at half its bitrate for the first 2 s).
+        was sent at half its bitrate for the first 2 s); that one is
+        corrected 0.5 s after the open.
         """
         ratio = self._framerate_ratio()
-        if ratio is None:
+        if ratio is None or len(self._recent) < 3:  # decide on a few gaps, not one
             return False
         if 1 / _FRAMERATE_DRIFT <= ratio <= _FRAMERATE_DRIFT:
             self._framerate_guessed = False  # the nominal rate was right
             return False
-        return (ratio > 1 or self._framerate_guessed) and (
-            # At most one such reopen per quarter interval while a ramp goes on.
-            self._last_key_rtp is None
-            or not 0 <= rtp_time - self._last_key_rtp < _KEYFRAME_INTERVAL // 4
-        )
+        if ratio > 1:
+            # At most one such reopen per quarter interval while a ramp
+            # goes on (whatever other keyframes came meanwhile).
+            since = self._last_urgent_rtp
+        elif self._framerate_guessed:
+            since = self._opened_rtp
+        else:
+            return False
+        return since is None or not 0 <= rtp_time - since < _KEYFRAME_INTERVAL // 4
 
     def encode(
         self,
@@ -1044,6 +1055,8 @@ class VideoEncoder:
         width, height = size if size is not None else (in_width, in_height)
         self._observe(rtp_time)
         urgent = self._framerate_urgent(rtp_time)
+        if urgent:
+            self._last_urgent_rtp = rtp_time
         keyframe = (
             force_keyframe
             or urgent
@@ -1072,11 +1085,14 @@ class VideoEncoder:
             framerate = (
                 self._measured_framerate() if measured else float(self._framerate)
             )
-            if urgent and framerate > self._opened_framerate:
-                # The smoothed rate lags a rising source; where it is headed
-                # is most likely the nominal rate (the adaptation's or the
-                # camera's). Too high only undershoots until the next check.
-                framerate = max(framerate, float(self._framerate))
+            if urgent and framerate > self._opened_framerate and self._recent:
+                # The smoothed rate lags a rising source by ~10 frames (it
+                # is at 37.5 when a ramp from 30 to 60 fps trips the check,
+                # and would need a second reopen 0.5 s later); the last few
+                # gaps say where it is now. Too high only undershoots until
+                # the next check.
+                recent = VIDEO_CLOCK_RATE * len(self._recent) / sum(self._recent)
+                framerate = max(framerate, min(recent, 240.0))
             self._ctx, self._choice = self._open(width, height, framerate)
             if self._choice.follows_timestamps:
                 framerate = float(self._framerate)
@@ -1084,6 +1100,7 @@ class VideoEncoder:
             self._opened_bitrate = self._bitrate
             self._opened_framerate = framerate
             self._framerate_guessed = self._mean_spacing is None or not measured
+            self._opened_rtp = rtp_time
             self._reopen_pending = False
             self._rtp_of_pts.clear()
             self._last_pts = None
