@@ -192,7 +192,7 @@ def test_frames_dropped_unevenly_keep_the_bitrate(codec: str, every: int) -> Non
 
 @pytest.mark.parametrize("codec", CODECS)
 def test_a_pause_of_the_source_keeps_the_bitrate(codec: str) -> None:
-    """5 s without frames: not a frame rate (x264 sent 13x its target from then on, libvpx 1.2-1.9x)."""
+    """5 s without frames: not a frame rate (x264 sent 13x its target from then on, libvpx 1.1-1.9x for a second)."""
     rates = bits_per_second(codec, capture_times((30, 2), (0, 5), (30, 3)))
     after = rates[7:]
     assert all(0.6 < r < 1.3 for r in after), f"{codec}: {[round(r, 2) for r in after]} x target after the pause"
@@ -210,7 +210,7 @@ def test_a_faster_source_reopens_the_encoder_at_once(
     reopen waits neither for the next periodic keyframe nor behind one (the
     switch to 60 fps comes with the 2 s keyframe), and opens at the rate of
     the last few frames, not at the smoothed one, which lags. libvpx follows
-    the frames' timestamps, whose smoothing lags by about 10 frames (1.2-1.4x
+    the frames' timestamps, whose smoothing lags by about 10 frames (1.2-1.3x
     for that second).
     """
     rates = bits_per_second(codec, capture_times(before, after))
