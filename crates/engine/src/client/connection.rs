@@ -1,7 +1,7 @@
 //! One client connection: a peer, its UDP socket and the remote tracks it
 //! has announced to Python.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use super::pick_local;
 use super::slack::{Activity, SlackTimers};
 use crate::event::{EngineEvent, EventKind};
 use crate::frames::FrameQueue;
-use crate::peer::{mid_from_str, Mid, Output, Peer, PeerEvent};
+use crate::peer::{mid_from_str, Kind, Mid, Output, Peer, PeerEvent};
 use crate::queue::EventSender;
 
 /// Frames a remote track's queue holds for a decoder that fell behind:
@@ -30,10 +30,10 @@ pub(crate) struct ClientConnection {
     /// Remote tracks announced to Python, by mid, with their frame queue
     /// when frames are routed per track.
     remote: HashMap<Mid, Option<Arc<FrameQueue>>>,
-    /// Which of those are video.
-    remote_video: HashSet<Mid>,
-    /// Whether any m-line sends (audio or video) as negotiated now.
+    /// Whether any m-line sends audio or video, and whether any receives
+    /// video, as negotiated now (see [`super::slack`]).
     sends_media: bool,
+    receives_video: bool,
     /// Give each remote track its own [`FrameQueue`] (see `ClientEngine::connect`).
     route_frames: bool,
     pub connected: bool,
@@ -87,8 +87,8 @@ impl ClientConnection {
             socket,
             candidates,
             remote: HashMap::new(),
-            remote_video: HashSet::new(),
             sends_media: false,
+            receives_video: false,
             route_frames,
             connected: false,
             reported_connected: false,
@@ -115,6 +115,9 @@ impl ClientConnection {
             .collect();
         let lines = self.peer.media_lines(mids);
         self.sends_media = lines.iter().any(|info| info.sending && !info.stopped);
+        self.receives_video = lines
+            .iter()
+            .any(|info| info.kind == Kind::Video && info.receiving && !info.stopped);
         for info in lines {
             let known = self.remote.contains_key(&info.mid);
             let live = info.receiving && !info.stopped;
@@ -126,9 +129,6 @@ impl ClientConnection {
                     }))
                 });
                 self.remote.insert(info.mid, queue.clone());
-                if info.kind.as_str() == "video" {
-                    self.remote_video.insert(info.mid);
-                }
                 let mut ev = EngineEvent::new(EventKind::TrackAdded, self.name.clone());
                 ev.mid = Some(info.mid.to_string());
                 ev.media = Some(info.kind.as_str());
@@ -137,7 +137,6 @@ impl ClientConnection {
                 ev.frames = queue;
                 self.pending.push(ev);
             } else if !live && known {
-                self.remote_video.remove(&info.mid);
                 if let Some(Some(queue)) = self.remote.remove(&info.mid) {
                     queue.close();
                 }
@@ -155,7 +154,7 @@ impl ClientConnection {
         Activity {
             connected: self.connected,
             sends_media: self.sends_media,
-            receives_video: !self.remote_video.is_empty(),
+            receives_video: self.receives_video,
             last_receive: self.last_receive,
             last_send: self.last_message,
         }
