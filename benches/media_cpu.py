@@ -344,23 +344,26 @@ class Child:
         os.unlink(self.log.name)
 
 
-def run_pipeline(impl: str, media: str, url: str, args: argparse.Namespace, planes: bool = False) -> dict[str, dict[str, Any]]:
+def run_pipeline(impl: str, media: str, url: str, args: argparse.Namespace, sub: list[str] | None = None,
+                 second: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """``_run_pipeline``, tried a second time if it fails (a busy shared box can miss a start-up deadline)."""
     try:
-        return _run_pipeline(impl, media, url, args, planes)
+        return _run_pipeline(impl, media, url, args, sub, second)
     except RuntimeError as exc:
         print(f"  {impl} {media} run failed, trying once more: {str(exc)[:300]}", flush=True)
-        return _run_pipeline(impl, media, url, args, planes)
+        return _run_pipeline(impl, media, url, args, sub, second)
 
 
-def _run_pipeline(impl: str, media: str, url: str, args: argparse.Namespace, planes: bool = False) -> dict[str, dict[str, Any]]:
-    """One publisher and one (or two, with ``planes``) subscribers; returns their window results."""
+def _run_pipeline(impl: str, media: str, url: str, args: argparse.Namespace, sub: list[str] | None = None,
+                  second: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """One publisher and one subscriber (extra flags ``sub``), plus a second subscriber (result
+    ``sub2``) started with the flags ``second`` when given; returns their window results."""
     channel = f"b6-{impl}-{media}-{os.getpid()}-{time.monotonic_ns()}"
     children: dict[str, Child] = {}
     try:
-        children["sub"] = Child(f"{impl}-sub", url, channel, media, args)
-        if planes:
-            children["sub_planes"] = Child(f"{impl}-sub", url, channel, media, args, ["--planes"])
+        children["sub"] = Child(f"{impl}-sub", url, channel, media, args, sub)
+        if second is not None:
+            children["sub2"] = Child(f"{impl}-sub", url, channel, media, args, second)
         time.sleep(0.5)
         children["pub"] = Child(f"{impl}-pub", url, channel, media, args)
         for c in children.values():
@@ -450,7 +453,9 @@ class Row:
     raw: Raw | None = None
     pub: dict[str, Any] | None = None
     sub: dict[str, Any] | None = None
-    sub_planes: dict[str, Any] | None = None
+    sub2: dict[str, Any] | None = None
+    """The second Hibiki subscriber: video reads `VideoFrame.planes()` (beside the first), audio takes
+    `AudioStreamSink.on_frame` (in a run of its own)."""
     aio_raw: Raw | None = None
     aio_pub: dict[str, Any] | None = None
     aio_sub: dict[str, Any] | None = None
@@ -597,20 +602,22 @@ def render(rows: list[Row], args: argparse.Namespace, cmd: str, skipped: list[st
         )
     out += [
         "",
-        ("**Receiving: SDK vs the codec alone** (target: SDK / raw <= 1.15); BGR as `VideoFrame.data()` gives it, "
-        "int16 for audio; the planes columns use `VideoFrame.planes()` (no conversion), by a second subscriber "
-        "in the same run"),
+        ("**Receiving: SDK vs the codec alone** (target: SDK / raw <= 1.15); BGR as `VideoFrame.data()` gives it "
+        "in a `VideoSink.on_frame` callback; int16 audio frames pulled with `track.get()` by a reader thread of "
+        "the subscriber's own. A second subscriber in the same run takes the decoder's planes instead "
+        "(`VideoFrame.planes()`, no conversion); for Opus, a second run takes the frames in "
+        "`AudioStreamSink.on_frame` on the decoder thread, as sora-sdk programs receive audio"),
         "",
         ("| media | decoder | raw decode+convert | SDK receive | SDK / raw | outside the codec threads (% of raw) | "
-        "SDK core per stream | raw decode only | SDK receive, planes | planes SDK / raw | received |"),
+        "SDK core per stream | raw decode only | SDK receive, planes / on_frame | SDK / raw | received |"),
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if r.raw is None:
             continue
         rate = AUDIO_RATE / AUDIO_FRAME if r.audio else args.fps
-        v, vp = recv_ms(r.sub), recv_ms(r.sub_planes)
-        dec_only = None if r.audio else r.raw.dec_only_ms
+        v, vp = recv_ms(r.sub), recv_ms(r.sub2)
+        dec_only = r.raw.dec_ms if r.audio else r.raw.dec_only_ms
         out.append(
             f"| {r.media} | {r.raw.decoder} | {fmt_cost(r.raw.dec_ms, r.audio)} | {fmt_cost(v, r.audio)} | "
             f"{fmt_ratio(v, r.raw.dec_ms)} | {fmt_share(outside_codec_ms(r.sub, 'frames'), r.raw.dec_ms, r.audio)} | "
@@ -652,7 +659,7 @@ def render(rows: list[Row], args: argparse.Namespace, cmd: str, skipped: list[st
                  "thread was scheduled in per frame, about its wake-ups):"), ""]
     for r in rows:
         for who, res, frames_key in (("Hibiki publisher", r.pub, "frames_in"), ("Hibiki subscriber", r.sub, "frames"),
-                                     ("Hibiki subscriber (planes)", r.sub_planes, "frames"),
+                                     (f"Hibiki subscriber ({'on_frame' if r.audio else 'planes'})", r.sub2, "frames"),
                                      ("aiortc publisher", r.aio_pub, "frames_in"), ("aiortc subscriber", r.aio_sub, "frames")):
             if res:
                 extra = ""
@@ -712,8 +719,11 @@ def render_audio_floor(r: Row) -> list[str]:
         line("libopus driven directly, as the SDK does (same packets), paced loop", r.direct.enc_ms, r.direct.dec_ms),
         line("one thread: codec + UDP socket", total("send 1"), total("receive 1")),
         (line(f"three threads, the SDK's shape: caller -> codec -> network ({split('send 3')}) / network -> codec "
-              f"-> reader ({split('receive 3')})", total("send 3"), total("receive 3"))),
-        line("Hibiki SDK (the tables above)", send_ms(r.pub), recv_ms(r.sub)),
+              f"-> reader, as `track.get()` ({split('receive 3')})", total("send 3"), total("receive 3"))),
+        (line(f"two threads, network -> codec + the user's callback ({split('receive 2')})", None,
+              total("receive 2"))),
+        line("Hibiki SDK (the tables above; receive: `track.get()` in a reader thread)", send_ms(r.pub), recv_ms(r.sub)),
+        line("Hibiki SDK, receive in `AudioStreamSink.on_frame` (a second run)", None, recv_ms(r.sub2)),
         line("aiortc (the tables above)", send_ms(r.aio_pub), recv_ms(r.aio_sub)),
     ]
 
@@ -803,8 +813,8 @@ def run_video(codec: str, url: str, frames: list[np.ndarray], args: argparse.Nam
         row.notes.append(note + ".")
         print(f"{codec}: Hibiki publisher -> hibiki serve -> Hibiki subscriber, {args.seconds:.0f} s...", flush=True)
         try:
-            res = run_pipeline("hibiki", codec, url, args, planes=planes)
-            row.pub, row.sub, row.sub_planes = res["pub"], res["sub"], res.get("sub_planes")
+            res = run_pipeline("hibiki", codec, url, args, second=["--planes"] if planes else None)
+            row.pub, row.sub, row.sub2 = res["pub"], res["sub"], res.get("sub2")
             print(f"  SDK: send {send_ms(row.pub):.2f} ms/frame ({fmt_ratio(send_ms(row.pub), row.raw.enc_ms)}x raw), "
                   f"receive {recv_ms(row.sub) or float('nan'):.2f} ms/frame ({fmt_ratio(recv_ms(row.sub), row.raw.dec_ms)}x raw); "
                   f"{sub_verdict(row.sub)}", flush=True)
@@ -898,6 +908,7 @@ def measure_audio_floor(row: Row, args: argparse.Namespace, chunks: list[np.ndar
         enc = AudioEncoder("OPUS", AUDIO_RATE, 2, args.audio_bitrate)
         cpu = send_floor(lambda pcm: [f.data for f in enc.encode(pcm)], chunks, n, threads)
         row.floor[f"send {threads}"] = {k: v * 1e3 for k, v in cpu.items()}
+    for threads in (1, 2, 3):
         dec = AudioDecoder("OPUS", 2)
         cpu = receive_floor(lambda data: [dec.decode(data)], packets, threads)
         row.floor[f"receive {threads}"] = {k: v * 1e3 for k, v in cpu.items()}
@@ -923,8 +934,13 @@ def run_audio(url: str, args: argparse.Namespace) -> Row:
     try:
         res = run_pipeline("hibiki", "OPUS", url, args)
         row.pub, row.sub = res["pub"], res["sub"]
-        print(f"  SDK: send {(send_ms(row.pub) or 0) * 1e3:.0f} us/packet, receive {(recv_ms(row.sub) or 0) * 1e3:.0f} us; "
-              f"{sub_verdict(row.sub)}", flush=True)
+        # The callback subscriber runs on its own, after: two receivers side
+        # by side on 2 cores preempt each other at every packet (both were
+        # scheduled in twice as often), which for a 20 ms Opus packet costs
+        # as much as the difference being measured.
+        row.sub2 = run_pipeline("hibiki", "OPUS", url, args, sub=["--callback"])["sub"]
+        print(f"  SDK: send {(send_ms(row.pub) or 0) * 1e3:.0f} us/packet, receive {(recv_ms(row.sub) or 0) * 1e3:.0f} us "
+              f"(in on_frame: {(recv_ms(row.sub2) or 0) * 1e3:.0f} us); {sub_verdict(row.sub)}", flush=True)
         print(f"  publisher threads: {thread_breakdown(row.pub, row.pub['frames_in'], True)}", flush=True)
         print(f"  subscriber threads: {thread_breakdown(row.sub, row.sub['frames'], True)}", flush=True)
     except RuntimeError as exc:

@@ -390,6 +390,12 @@ def hibiki_sub(args: argparse.Namespace) -> None:
                     check.video(f.rtp_time, lambda: bgr)
             sink.on_frame = on_frame
             sinks.append(sink)
+        elif track.kind == "audio" and not video and args.callback:
+            # Take decoded frames in a callback on the track's decoder thread,
+            # as sora-sdk programs do (``SoraAudioStreamSink.on_frame``).
+            audio_sink = hibiki.AudioStreamSink(track)
+            audio_sink.on_frame = lambda f: check.audio(f.rtp_time, f.data)
+            sinks.append(audio_sink)
         elif track.kind == "audio" and not video:
             # Pull decoded frames (with their RTP time) from a thread of our
             # own: ``track.get()``, the blocking form of ``await track.recv()``.
@@ -430,6 +436,7 @@ def hibiki_sub(args: argparse.Namespace) -> None:
         res = win.result()
         res.update(diff(c0, counters()))
         res["planes"] = planes
+        res["callback"] = bool(args.callback and not video)
         res["codec"] = next((t.codec for t in tracks if t.codec), None)
         emit({"event": "result", **res})
 
@@ -635,6 +642,8 @@ def main() -> int:
     ap.add_argument("--audio-bitrate", type=int, default=64_000)
     ap.add_argument("--noise", type=int, default=6)
     ap.add_argument("--planes", action="store_true", help="subscriber reads VideoFrame.planes() if it exists")
+    ap.add_argument("--callback", action="store_true",
+                    help="audio subscriber takes frames in AudioStreamSink.on_frame instead of track.get()")
     args = ap.parse_args()
     if args.media == "OPUS" and args.role.startswith("hibiki"):
         args.bitrate = args.audio_bitrate

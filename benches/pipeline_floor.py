@@ -17,6 +17,9 @@ bandwidth estimation.
   chunk and queues it, a codec thread encodes it and queues the packet, a
   network thread sends it; on receive a network thread receives, a codec
   thread decodes and queues the PCM, and a reader thread takes it.
+- **two threads** (receive only): a network thread receives, a codec thread
+  decodes and hands the PCM to a callback, as the SDK's sinks do
+  (``AudioStreamSink.on_frame``, sora-sdk's receive shape).
 
 CPU is each counted thread's own (``time.thread_time``, user + system, its
 wake-ups included) per packet, and the caller's empty pacing loop is taken
@@ -138,11 +141,12 @@ def receive_floor(decode: Callable[[bytes], list[object]], packets: list[bytes],
     """CPU per packet (seconds), by thread, to receive ``packets`` (sent at 50/s over UDP) and ``decode`` them.
 
     ``decode`` gives what a user gets (int16 PCM). ``threads`` is 1 (receive
-    and decode in one loop) or 3 (network thread -> codec thread -> reader
-    thread, through queues).
+    and decode in one loop), 2 (network thread -> codec thread, which calls
+    the user) or 3 (network thread -> codec thread -> reader thread, through
+    queues).
     """
-    if threads not in (1, 3):
-        raise ValueError("threads must be 1 or 3")
+    if threads not in (1, 2, 3):
+        raise ValueError("threads must be 1, 2 or 3")
     tx, rx = _udp_pair()
     got = [0]
 
@@ -166,17 +170,23 @@ def receive_floor(decode: Callable[[bytes], list[object]], packets: list[bytes],
                 to_codec.put(data)
             to_codec.put(_STOP)
 
+        def on_pcm(pcm: object) -> None:
+            got[0] += 1
+
         def codec() -> None:
+            deliver = on_pcm if threads == 2 else to_reader.put
             while (data := to_codec.get()) is not _STOP:
                 for pcm in decode(data):
-                    to_reader.put(pcm)
+                    deliver(pcm)
             to_reader.put(_STOP)
 
         def reader() -> None:
             while to_reader.get() is not _STOP:
                 got[0] += 1
 
-        counted += [_Counted("floor-net", net), _Counted("floor-codec", codec), _Counted("floor-reader", reader)]
+        counted += [_Counted("floor-net", net), _Counted("floor-codec", codec)]
+        if threads == 3:
+            counted.append(_Counted("floor-reader", reader))
     for t in counted:
         t.start()
     sender = threading.Thread(target=remote, name="floor-remote", daemon=True)
@@ -212,7 +222,7 @@ def _main() -> None:
         _show(f"send, {threads} thread(s)", send_floor(lambda pcm: [f.data for f in enc.encode(pcm)], chunks, n, threads))
     enc = AudioEncoder("OPUS", RATE, 2, 64_000)
     packets = [f.data for i in range(n) for f in enc.encode(chunks[i % len(chunks)])]
-    for threads in (1, 3):
+    for threads in (1, 2, 3):
         dec = AudioDecoder("OPUS", 2)
         _show(f"receive, {threads} thread(s)", receive_floor(lambda data: [dec.decode(data)], packets, threads))
 
