@@ -30,9 +30,9 @@ pub(crate) struct ClientConnection {
     /// Remote tracks announced to Python, by mid, with their frame queue
     /// when frames are routed per track.
     remote: HashMap<Mid, Option<Arc<FrameQueue>>>,
-    /// Whether any m-line sends audio or video, and whether any receives
-    /// video, as negotiated now (see [`super::slack`]).
-    sends_media: bool,
+    /// Whether any m-line sends video, and whether any receives video, as
+    /// negotiated now (see [`super::slack`]).
+    sends_video: bool,
     receives_video: bool,
     /// Give each remote track its own [`FrameQueue`] (see `ClientEngine::connect`).
     route_frames: bool,
@@ -42,9 +42,10 @@ pub(crate) struct ClientConnection {
     /// Events produced outside a drain (SDP handling), sent at the next one.
     pending: Vec<EngineEvent>,
     last_bitrate: u64,
-    /// When a datagram last came in, and a data-channel message last went
-    /// out (see [`super::slack`]).
+    /// When a datagram last came in, a media frame was last written, and a
+    /// data-channel message last went out (see [`super::slack`]).
     pub last_receive: Option<Instant>,
+    pub last_write: Option<Instant>,
     pub last_message: Option<Instant>,
 }
 
@@ -87,7 +88,7 @@ impl ClientConnection {
             socket,
             candidates,
             remote: HashMap::new(),
-            sends_media: false,
+            sends_video: false,
             receives_video: false,
             route_frames,
             connected: false,
@@ -96,6 +97,7 @@ impl ClientConnection {
             pending: Vec::new(),
             last_bitrate: 0,
             last_receive: None,
+            last_write: None,
             last_message: None,
         })
     }
@@ -114,10 +116,9 @@ impl ClientConnection {
             .map(mid_from_str)
             .collect();
         let lines = self.peer.media_lines(mids);
-        self.sends_media = lines.iter().any(|info| info.sending && !info.stopped);
-        self.receives_video = lines
-            .iter()
-            .any(|info| info.kind == Kind::Video && info.receiving && !info.stopped);
+        let video = || lines.iter().filter(|i| i.kind == Kind::Video && !i.stopped);
+        self.sends_video = video().any(|info| info.sending);
+        self.receives_video = video().any(|info| info.receiving);
         for info in lines {
             let known = self.remote.contains_key(&info.mid);
             let live = info.receiving && !info.stopped;
@@ -153,9 +154,10 @@ impl ClientConnection {
     pub fn timer_slack(&self, now: Instant) -> Duration {
         Activity {
             connected: self.connected,
-            sends_media: self.sends_media,
+            sends_video: self.sends_video,
             receives_video: self.receives_video,
             last_receive: self.last_receive,
+            last_write: self.last_write,
             last_send: self.last_message,
         }
         .timer_slack(now)

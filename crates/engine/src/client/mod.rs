@@ -375,6 +375,7 @@ impl Worker {
                 audio_level,
             } => {
                 self.with_conn(handle, |c| {
+                    c.last_write = Some(Instant::now());
                     if let Err(e) = c.peer.write_frame(
                         mid_from_str(&mid),
                         rid.as_deref(),

@@ -9,29 +9,36 @@
 //! a wake-up costs tens of microseconds: these were 0.4 extra wake-ups per
 //! received Opus packet (B6 in BENCHMARKS.md).
 //!
-//! Only on a connection that sends no media, while audio flows in, no
-//! video does, and no message went out for a second. A sender's pacer and
-//! bandwidth probes need their timers on time, and that includes the time
-//! before its first frame: a publisher's link is probed from the moment
-//! it connects. With its timers late, a simulcast publisher's first
+//! The same holds for a connection that sends audio: it writes a packet
+//! every 20 ms, and each write wakes the thread too (a voice agent both
+//! receives and sends; an Opus publisher woke 1.5 times per packet).
+//!
+//! Only on a connection that neither sends nor receives video, while audio
+//! flows in or out, and no message went out for a second. A video sender's
+//! pacer and bandwidth probes need their timers on time, and that includes
+//! the time before its first frame: a publisher's link is probed from the
+//! moment it connects. With its timers late, a simulcast publisher's first
 //! estimate came out lower (1.8-2.6 Mbit/s against 2.7) and its layers went
 //! out at a fifth to a half of their rate for the first 3 s, which changed
-//! what the bandwidth-cap test in `tests/test_simulcast.py` saw. So do ICE and
-//! DTLS before the connection is up. So do a video receiver's NACKs: sent
-//! late, a retransmission can come after str0m has given the frame up,
-//! and the decoder then asks for a keyframe. (Video's packets come several
-//! per frame, so its timer wake-ups matter less anyway.)
+//! what the bandwidth-cap test in `tests/test_simulcast.py` saw. Audio needs
+//! neither: str0m never paces audio packets (they go out in the write's own
+//! wake), probes with video padding only, and an Opus stream's bitrate does
+//! not follow the estimate. ICE and DTLS need their timers on time before
+//! the connection is up. So do a video receiver's NACKs: sent late, a
+//! retransmission can come after str0m has given the frame up, and the
+//! decoder then asks for a keyframe. (Video's packets come several per
+//! frame, so its timer wake-ups matter less anyway.)
 
 use std::time::{Duration, Instant};
 
 use crate::timer::TimerHeap;
 
-/// How late a timer may fire on a connection that only receives: one Opus
+/// How late a timer may fire on an audio-only connection: one Opus
 /// packet's interval, so a stream of them always comes first.
 pub(crate) const SLACK: Duration = Duration::from_millis(20);
-/// Received within this: media is flowing in.
+/// Received or written within this: media is flowing.
 const FLOWING: Duration = Duration::from_millis(100);
-/// Nothing sent for this long: the connection only receives.
+/// No data-channel message sent for this long: SCTP has nothing in flight.
 const QUIET: Duration = Duration::from_secs(1);
 
 /// What a connection is doing, as far as its timers' slack goes.
@@ -39,13 +46,15 @@ const QUIET: Duration = Duration::from_secs(1);
 pub(crate) struct Activity {
     /// ICE and DTLS are up.
     pub connected: bool,
-    /// An m-line sends audio or video, as negotiated now (whether or not a
-    /// frame has been written yet).
-    pub sends_media: bool,
+    /// An m-line sends video, as negotiated now (whether or not a frame
+    /// has been written yet).
+    pub sends_video: bool,
     /// An m-line receives video.
     pub receives_video: bool,
     /// When a datagram last came in.
     pub last_receive: Option<Instant>,
+    /// When a media frame was last written.
+    pub last_write: Option<Instant>,
     /// When a data-channel message last went out.
     pub last_send: Option<Instant>,
 }
@@ -54,9 +63,10 @@ impl Activity {
     /// The slack for this connection's timers (zero: on time).
     pub fn timer_slack(&self, now: Instant) -> Duration {
         let since = |t: Instant| now.saturating_duration_since(t);
-        let flowing = self.last_receive.is_some_and(|t| since(t) < FLOWING);
+        let recent = |t: Option<Instant>| t.is_some_and(|t| since(t) < FLOWING);
+        let flowing = recent(self.last_receive) || recent(self.last_write);
         let quiet = self.last_send.is_none_or(|t| since(t) >= QUIET);
-        if self.connected && !self.sends_media && !self.receives_video && flowing && quiet {
+        if self.connected && !self.sends_video && !self.receives_video && flowing && quiet {
             SLACK
         } else {
             Duration::ZERO
@@ -106,7 +116,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_an_audio_receiver_with_media_flowing_and_nothing_sent_gets_slack() {
+    fn only_audio_flowing_in_or_out_with_no_message_sent_gets_slack() {
         let now = Instant::now() + Duration::from_secs(10);
         let ms = |n: u64| Some(now - Duration::from_millis(n));
         let receiver = Activity {
@@ -126,12 +136,24 @@ mod tests {
             ..receiver
         };
         assert_eq!(messaged.timer_slack(now), Duration::ZERO);
-        // A publisher, even before its first frame: its link is being probed.
+        // A video publisher, even before its first frame: its link is being probed.
         let publisher = Activity {
-            sends_media: true,
+            sends_video: true,
             ..receiver
         };
         assert_eq!(publisher.timer_slack(now), Duration::ZERO);
+        // An audio publisher: its writes wake the thread, as packets would.
+        let speaker = Activity {
+            last_receive: None,
+            last_write: ms(15),
+            ..receiver
+        };
+        assert_eq!(speaker.timer_slack(now), SLACK);
+        let stopped_speaking = Activity {
+            last_write: ms(300),
+            ..speaker
+        };
+        assert_eq!(stopped_speaking.timer_slack(now), Duration::ZERO);
         // Nothing flowing in (or not yet): no packet would come first.
         let idle = Activity {
             last_receive: ms(500),
