@@ -938,7 +938,10 @@ def run_audio(url: str, args: argparse.Namespace) -> Row:
         # by side on 2 cores preempt each other at every packet (both were
         # scheduled in twice as often), which for a 20 ms Opus packet costs
         # as much as the difference being measured.
-        row.sub2 = run_pipeline("hibiki", "OPUS", url, args, sub=["--callback"])["sub"]
+        try:
+            row.sub2 = run_pipeline("hibiki", "OPUS", url, args, sub=["--callback"])["sub"]
+        except RuntimeError as exc:
+            row.notes.append(f"OPUS: the on_frame subscriber's run failed: {exc}")
         print(f"  SDK: send {(send_ms(row.pub) or 0) * 1e3:.0f} us/packet, receive {(recv_ms(row.sub) or 0) * 1e3:.0f} us "
               f"(in on_frame: {(recv_ms(row.sub2) or 0) * 1e3:.0f} us); {sub_verdict(row.sub)}", flush=True)
         print(f"  publisher threads: {thread_breakdown(row.pub, row.pub['frames_in'], True)}", flush=True)
