@@ -436,7 +436,6 @@ def hibiki_sub(args: argparse.Namespace) -> None:
         res = win.result()
         res.update(diff(c0, counters()))
         res["planes"] = planes
-        res["callback"] = bool(args.callback and not video)
         res["codec"] = next((t.codec for t in tracks if t.codec), None)
         emit({"event": "result", **res})
 

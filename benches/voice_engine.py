@@ -15,7 +15,6 @@ Run: ``.venv/bin/python benches/voice_engine.py`` (``--runs 3`` for more).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
@@ -25,15 +24,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 
 
-def engine_thread() -> tuple[int, int]:
-    """(CPU ns, times scheduled in) of this process's client engine thread."""
-    for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/comm") as f:
-            if not f.read().startswith("hibiki-client"):
-                continue
-        with open(f"/proc/self/task/{tid}/schedstat") as f:
-            cpu, _wait, runs = f.read().split()
-        return int(cpu), int(runs)
+def engine_thread() -> tuple[float, int]:
+    """(CPU seconds, times scheduled in) of this process's client engine thread."""
+    from media_cpu_peer import thread_cpu
+
+    for name, cpu, runs in thread_cpu().values():
+        if name.startswith("hibiki-client"):
+            return cpu, runs
     raise RuntimeError("no hibiki-client engine thread in this process")
 
 
@@ -59,7 +56,7 @@ def peer(url: str, channel: str, warmup: float, seconds: float) -> None:
     conn.on_track = on_track
     conn.connect()
     sent = 0
-    start: tuple[tuple[int, int], int, int] | None = None
+    start: tuple[tuple[float, int], int, int] | None = None
     t0 = next_at = time.monotonic()
     while time.monotonic() - t0 < warmup + seconds:
         source.on_data(chunks[sent % len(chunks)])
@@ -74,7 +71,7 @@ def peer(url: str, channel: str, warmup: float, seconds: float) -> None:
     conn.disconnect()
     if got < n * 0.9:
         raise SystemExit(f"received {got} of the other peer's {n} packets")
-    print(f"sent {n}, received {got}: engine {(cpu1 - cpu0) / 1e3 / n:.0f} us and "
+    print(f"sent {n}, received {got}: engine {(cpu1 - cpu0) * 1e6 / n:.0f} us and "
           f"{(runs1 - runs0) / n:.2f} wake-ups per packet sent", flush=True)
 
 
