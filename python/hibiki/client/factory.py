@@ -86,9 +86,15 @@ class Hibiki:
         """The :class:`~hibiki.media.codecs.CodecPreference` given to every connection (None: software)."""
         self._extra = kwargs
 
-    def create_audio_source(self, channels: int, sample_rate: int) -> AudioSource:
-        """A source to feed ``int16 [samples, channels]`` PCM at ``sample_rate`` Hz."""
-        return AudioSource(channels, sample_rate)
+    def create_audio_source(self, channels: int, sample_rate: int, *,
+                            queue_size_ms: int | None = None) -> AudioSource:
+        """A source to feed ``int16 [samples, channels]`` PCM at ``sample_rate`` Hz.
+
+        ``queue_size_ms`` (a Hibiki extension) makes it play its audio out in
+        real time from a queue of that size, for producers that run ahead
+        such as a TTS; see :class:`~hibiki.AudioSource`.
+        """
+        return AudioSource(channels, sample_rate, queue_size_ms=queue_size_ms)
 
     def create_video_source(self) -> VideoSource:
         """A source to feed ``uint8 [height, width, 3]`` BGR pictures."""

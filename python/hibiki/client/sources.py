@@ -20,6 +20,7 @@ without being encoded.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -32,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import _core
+from .playout import PacketClock, PlayoutQueue
 from .transform import SendTransforms, check_transformer
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,6 +56,9 @@ _MIN_FORCED_KEYFRAME_INTERVAL = 0.25
 _MAX_CAPTURE_AGE = 5.0
 # Never ask an encoder for less than this, whatever the estimate says.
 _MIN_VIDEO_BITRATE = 50_000
+# A played-out audio source sends a packet's worth of PCM this often (ms):
+# Opus's usual packet, so each tick makes one packet at the default ptime.
+_PACKET_MS = 20
 
 
 @dataclass
@@ -472,39 +477,79 @@ class AudioSource(_SourceBase):
     Opus packets: 20 ms, stereo for a 2-channel source, in-band FEC on, unless
     the connection's ``audio_opus_params`` say otherwise (stereo, ptime,
     useinbandfec, usedtx, ...; see :func:`hibiki.media.opus_encoder_settings`)
-    and at ``audio_bit_rate``. Nothing is ever dropped: if the encoder queue is
-    full ``on_data`` waits, which paces a producer that runs faster than real time.
+    and at ``audio_bit_rate``.
+
+    Two ways to pace, chosen when the source is made:
+
+    - **As given** (the default, sora-sdk's behaviour): audio is encoded and
+      sent as soon as ``on_data`` hands it over, so the producer keeps time.
+      Right for a microphone or anything that delivers in real time. Nothing
+      is ever dropped: if the encoder queue is full ``on_data`` waits.
+    - **Played out** (``queue_size_ms=...``, like LiveKit's ``AudioSource``):
+      what ``on_data`` hands over waits in a queue and goes out in real time,
+      one packet every 20 ms, with silence while the queue is empty. Right for
+      a TTS or a file, which deliver seconds at once. ``on_data`` waits while
+      ``queue_size_ms`` of audio is queued; :meth:`clear_queue` drops what has
+      not gone out (an agent interrupted by its user);
+      :meth:`wait_for_playout` waits until it all went out::
+
+          voice = hibiki.AudioSource(channels=1, sample_rate=24000, queue_size_ms=1000)
+          voice.on_data(tts_pcm)       # returns while less than 1 s is queued
+          if user_started_talking:
+              voice.clear_queue()      # silent within one packet
+          voice.wait_for_playout()
+
+      In asyncio code use ``await voice.on_data_async(pcm)`` and ``await
+      voice.wait_for_playout_async()``, which wait without blocking the loop.
     """
 
     kind = "audio"
 
-    def __init__(self, channels: int, sample_rate: int, *, queue_size: int = 100) -> None:
+    def __init__(self, channels: int, sample_rate: int, *, queue_size: int = 100,
+                 queue_size_ms: int | None = None) -> None:
+        """Create a source of ``channels``-channel PCM at ``sample_rate`` Hz.
+
+        Args:
+            channels: Channels of the PCM given to :meth:`on_data`.
+            sample_rate: Its rate in Hz (8000 or more).
+            queue_size: As given: chunks that may wait for the encoder
+                before ``on_data`` waits.
+            queue_size_ms: Played out: how much audio may wait for its turn
+                before ``on_data`` waits (at least 20 ms). None (default):
+                sent as given.
+
+        Raises:
+            ValueError: A value out of range.
+        """
         super().__init__()
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
         if sample_rate < 8000:
             raise ValueError(f"sample_rate must be >= 8000, got {sample_rate}")
+        if queue_size_ms is not None and queue_size_ms < _PACKET_MS:
+            raise ValueError(f"queue_size_ms must be >= {_PACKET_MS} (one packet) or None, got {queue_size_ms}")
         self.channels = int(channels)
         self.sample_rate = int(sample_rate)
-        # (pcm, capture time on the monotonic clock), or None to stop. A
-        # SimpleQueue hands a chunk to the blocked worker in C (a Queue's
+        self.queue_size_ms = queue_size_ms
+        """The played-out queue's size in ms; None when audio is sent as given."""
+        # As given: (pcm, capture time on the monotonic clock), or None to stop.
+        # A SimpleQueue hands a chunk to the blocked worker in C (a Queue's
         # Condition costs tens of us per chunk on a small VM); the semaphore
         # bounds it: a slot per queued chunk, given back when the worker takes it.
         self._queue: queue.SimpleQueue[tuple[np.ndarray, float] | None] = queue.SimpleQueue()
         self._slots = threading.Semaphore(max(1, queue_size))
+        # Played out: the PCM waiting for its turn, and the worker's stop signal.
+        self._playout = (
+            PlayoutQueue(self.channels, max(1, self.sample_rate * queue_size_ms // 1000))
+            if queue_size_ms is not None else None
+        )
+        if self._playout is not None:
+            self._playout.close()  # opened while attached: given audio is dropped until then
+        self._stop = threading.Event()
+        self._warned_loop = False
 
-    def on_data(self, ndarray: np.ndarray, timestamp: float | None = None) -> None:
-        """Queue PCM for encoding.
-
-        Args:
-            ndarray: ``int16`` array ``[samples, channels]`` (a 1-D array is
-                taken as mono) at the source's ``sample_rate``. It is copied.
-            timestamp: capture time of the first sample, seconds on the
-                monotonic clock (``time.monotonic()`` at the call when
-                omitted). RTP time follows the sample count, which is what
-                receivers play out; the capture time goes into the RTCP sender
-                reports, which receivers use to line audio up with video.
-        """
+    def _pcm(self, ndarray: np.ndarray) -> np.ndarray | None:
+        """``ndarray`` checked and copied; None when it is not to be sent (counted as dropped)."""
         pcm = np.asarray(ndarray)
         if pcm.ndim == 1:
             pcm = pcm.reshape(-1, 1)
@@ -515,18 +560,104 @@ class AudioSource(_SourceBase):
         self.frames_in += 1
         if not self._attachments:
             self.frames_dropped += 1
+            return None
+        if not self._enabled and self._playout is None:
+            return np.zeros_like(pcm)
+        return np.array(pcm, dtype=np.int16, order="C", copy=True)
+
+    def on_data(self, ndarray: np.ndarray, timestamp: float | None = None) -> None:
+        """Queue PCM for sending.
+
+        Args:
+            ndarray: ``int16`` array ``[samples, channels]`` (a 1-D array is
+                taken as mono) at the source's ``sample_rate``. It is copied.
+            timestamp: capture time of the first sample, seconds on the
+                monotonic clock (``time.monotonic()`` at the call when
+                omitted). RTP time follows the sample count, which is what
+                receivers play out; the capture time goes into the RTCP sender
+                reports, which receivers use to line audio up with video.
+                A played-out source ignores it: its audio's time is when it
+                goes out.
+
+        Raises:
+            ValueError: Not int16, or not the source's channel count.
+        """
+        pcm = self._pcm(ndarray)
+        if pcm is None:
             return
-        if not self._enabled:
-            pcm = np.zeros_like(pcm)
+        if self._playout is not None:
+            if not self._playout.put(pcm, timeout=0):
+                if not self._playout.closed:
+                    self._warn_if_on_a_loop()
+                if not self._playout.put(pcm):
+                    self.frames_dropped += 1  # stopped sending meanwhile
+            return
         captured = time.monotonic() if timestamp is None else float(timestamp)
         if not self._slots.acquire(timeout=5.0):
             # Only when the worker is stuck; say so rather than block forever.
             self.frames_dropped += 1
             logger.warning("audio source queue stayed full for 5 s; dropping %d samples", len(pcm))
             return
-        self._queue.put((np.array(pcm, dtype=np.int16, order="C", copy=True), captured))
+        self._queue.put((pcm, captured))
+
+    async def on_data_async(self, ndarray: np.ndarray, timestamp: float | None = None) -> None:
+        """:meth:`on_data` for asyncio code: waits for room in the queue without blocking the loop.
+
+        >>> async for pcm in tts.stream(text):
+        ...     await voice.on_data_async(pcm)
+        """
+        if self._playout is None:
+            self.on_data(ndarray, timestamp)  # sent as given: waits for nothing
+            return
+        pcm = self._pcm(ndarray)
+        if pcm is not None and not await self._playout.put_async(pcm):
+            self.frames_dropped += 1  # stopped sending meanwhile
+
+    def _warn_if_on_a_loop(self) -> None:
+        if self._warned_loop:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._warned_loop = True
+        logger.warning("AudioSource.on_data is waiting for room in its queue on an event loop's thread, "
+                       "which stops the loop meanwhile; use 'await source.on_data_async(pcm)'")
+
+    @property
+    def queued_duration(self) -> float:
+        """Seconds of audio waiting for their turn (0 when sent as given)."""
+        return self._playout.queued / self.sample_rate if self._playout is not None else 0.0
+
+    def clear_queue(self) -> float:
+        """Drop the audio that has not gone out yet; returns its duration in seconds.
+
+        What is already encoded (at most one packet) still goes out. Waiters
+        of :meth:`wait_for_playout` return. Does nothing when sent as given.
+        """
+        if self._playout is None:
+            return 0.0
+        return self._playout.clear() / self.sample_rate
+
+    def wait_for_playout(self, timeout: float | None = None) -> bool:
+        """Wait until everything queued went out (or was cleared); False after ``timeout`` seconds.
+
+        Returns at once when sent as given.
+        """
+        return self._playout.wait_empty(timeout) if self._playout is not None else True
+
+    async def wait_for_playout_async(self, timeout: float | None = None) -> bool:
+        """:meth:`wait_for_playout` for asyncio code, without blocking the loop."""
+        return await self._playout.wait_empty_async(timeout) if self._playout is not None else True
+
+    def _on_attach_locked(self, attachment: _Attachment) -> None:
+        if self._playout is not None:
+            self._playout.open()
 
     def _stop_locked(self) -> None:
+        if self._playout is not None:
+            self._stop.set()  # the played-out worker waits on it between packets
+            return
         # The sentinel goes after whatever is queued: pending audio still goes
         # out. It takes no slot, so stopping never waits for room.
         self._queue.put(None)
@@ -546,69 +677,124 @@ class AudioSource(_SourceBase):
         return (target.codec, target.bitrate or DEFAULT_AUDIO_BITRATE, tuple(sorted(settings.items())))
 
     def _run(self) -> None:
-        from hibiki.media import AudioConverter, AudioEncoder
-
-        # Opus carries 1 or 2 channels, as the connection's audio_opus_params
-        # (or else the source) decide; the source's PCM is remixed to that
-        # count once per count. The encoder resamples to 48 kHz itself.
-        converters: dict[int, Any] = {}
-        encoders: dict[tuple[Any, ...], Any] = {}
+        encoding = _AudioEncoding(self)
         try:
-            while True:
-                item = self._queue.get()
-                if item is not None:
-                    self._slots.release()
-                if item is None:
-                    with self._lock:
-                        if not self._attachments:
-                            self._thread = None
-                            return
-                    continue  # re-attached meanwhile: keep going
-                pcm, captured = item
-                targets = self._targets()
-                if not targets:
-                    continue
-                by_key: dict[tuple[Any, ...], list[_Attachment]] = {}
-                for target in targets:
-                    by_key.setdefault(target.encoder_key, []).append(target)
-                remixed: dict[int, np.ndarray] = {self.channels: pcm}
-                for key, group in by_key.items():
-                    if key in encoders and encoders[key] is None:
-                        continue  # this codec failed to open; already reported
-                    codec, bitrate, settings = key
-                    options = dict(settings)
-                    channels = options["channels"]
-                    if channels not in remixed:
-                        if channels not in converters:
-                            converters[channels] = AudioConverter(
-                                self.sample_rate, self.channels, self.sample_rate, channels)
-                        remixed[channels] = converters[channels].convert(pcm)
-                    encoder = encoders.get(key)
-                    if encoder is None:
-                        try:
-                            encoder = encoders[key] = AudioEncoder(
-                                codec=codec, sample_rate=self.sample_rate, bitrate=bitrate, **options)
-                        except (ValueError, RuntimeError) as exc:
-                            logger.error("cannot encode %s audio: %s", codec, exc)
-                            encoders[key] = None
-                            continue
-                    if len(remixed[channels]) == 0:
-                        continue
-                    # This chunk's first sample gets the RTP time the encoder
-                    # gives its next input: the packets' capture times follow.
-                    rtp0 = encoder.input_rtp_time
-                    level = audio_level_dbov(remixed[channels])
-                    for ef in encoder.encode(remixed[channels]):
-                        self.frames_encoded += 1
-                        at = captured + (ef.rtp_time - rtp0) / AUDIO_CLOCK_RATE
-                        for target in group:
-                            route = self._transforms.route(target)
-                            if route is not None:
-                                route.submit(ef.data, ef.rtp_time, True)  # written on enqueue
-                            else:
-                                self._write(target, ef.data, ef.rtp_time, at, level)
+            if self._playout is None:
+                self._run_as_given(encoding)
+            else:
+                self._run_played_out(encoding, self._playout)
         except Exception:  # pragma: no cover - a bug; make it visible
             logger.exception("audio source worker crashed")
         finally:
-            encoders.clear()
+            encoding.close()
+            if self._playout is not None:
+                with self._lock:
+                    if self._thread is threading.current_thread():  # crashed, not stopped
+                        self._playout.close()
             self._worker_exited()
+
+    def _exit_if_detached(self) -> bool:
+        """Called on a stop signal: True (and no worker any more) if nothing is attached."""
+        with self._lock:
+            if not self._attachments:
+                self._thread = None
+                if self._playout is not None:
+                    # Nothing would go out: producers and waiters must not
+                    # hang on a source that stopped sending. Under the lock,
+                    # so a new attachment's open() comes after this.
+                    self._playout.close()
+                return True
+            self._stop.clear()  # re-attached meanwhile: keep going
+            return False
+
+    def _run_as_given(self, encoding: _AudioEncoding) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                if self._exit_if_detached():
+                    return
+                continue
+            self._slots.release()
+            encoding.send(*item)
+
+    def _run_played_out(self, encoding: _AudioEncoding, playout: PlayoutQueue) -> None:
+        clock = PacketClock(_PACKET_MS / 1000)
+        taken = 0
+        while True:
+            if self._stop.wait(max(0.0, clock.next_due() - time.monotonic())):
+                if self._exit_if_detached():
+                    return
+                continue
+            now = time.monotonic()
+            clock.tick(now)
+            # Whole samples per packet even at rates like 22050 Hz: the count
+            # due so far, less what was taken, never drifts.
+            samples = clock.ticks * self.sample_rate * _PACKET_MS // 1000 - taken
+            taken += samples
+            pcm, _ = playout.take(samples)
+            if not self._enabled:
+                pcm[:] = 0
+            encoding.send(pcm, now - _PACKET_MS / 1000)
+
+
+class _AudioEncoding:
+    """An audio source's encoders, one per distinct encoder key, used by its worker thread only."""
+
+    def __init__(self, source: AudioSource) -> None:
+        self.source = source
+        # Opus carries 1 or 2 channels, as the connection's audio_opus_params
+        # (or else the source) decide; the source's PCM is remixed to that
+        # count once per count. The encoder resamples to 48 kHz itself.
+        self.converters: dict[int, Any] = {}
+        self.encoders: dict[tuple[Any, ...], Any] = {}
+
+    def close(self) -> None:
+        self.encoders.clear()
+
+    def send(self, pcm: np.ndarray, captured: float) -> None:
+        """Encode ``pcm`` (captured at ``captured``) for every attachment and write the packets."""
+        from hibiki.media import AudioConverter, AudioEncoder
+
+        source = self.source
+        targets = source._targets()
+        if not targets:
+            return
+        by_key: dict[tuple[Any, ...], list[_Attachment]] = {}
+        for target in targets:
+            by_key.setdefault(target.encoder_key, []).append(target)
+        remixed: dict[int, np.ndarray] = {source.channels: pcm}
+        for key, group in by_key.items():
+            if key in self.encoders and self.encoders[key] is None:
+                continue  # this codec failed to open; already reported
+            codec, bitrate, settings = key
+            options = dict(settings)
+            channels = options["channels"]
+            if channels not in remixed:
+                if channels not in self.converters:
+                    self.converters[channels] = AudioConverter(
+                        source.sample_rate, source.channels, source.sample_rate, channels)
+                remixed[channels] = self.converters[channels].convert(pcm)
+            encoder = self.encoders.get(key)
+            if encoder is None:
+                try:
+                    encoder = self.encoders[key] = AudioEncoder(
+                        codec=codec, sample_rate=source.sample_rate, bitrate=bitrate, **options)
+                except (ValueError, RuntimeError) as exc:
+                    logger.error("cannot encode %s audio: %s", codec, exc)
+                    self.encoders[key] = None
+                    continue
+            if len(remixed[channels]) == 0:
+                continue
+            # This chunk's first sample gets the RTP time the encoder gives its
+            # next input: the packets' capture times follow.
+            rtp0 = encoder.input_rtp_time
+            level = audio_level_dbov(remixed[channels])
+            for ef in encoder.encode(remixed[channels]):
+                source.frames_encoded += 1
+                at = captured + (ef.rtp_time - rtp0) / AUDIO_CLOCK_RATE
+                for target in group:
+                    route = source._transforms.route(target)
+                    if route is not None:
+                        route.submit(ef.data, ef.rtp_time, True)  # written on enqueue
+                    else:
+                        source._write(target, ef.data, ef.rtp_time, at, level)
