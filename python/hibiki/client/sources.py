@@ -741,6 +741,10 @@ class _AudioEncoding:
     """An audio source's encoders, one per distinct encoder key, used by its worker thread only."""
 
     def __init__(self, source: AudioSource) -> None:
+        from hibiki.media import AudioConverter, AudioEncoder  # the media layer loads PyAV: not at import
+
+        self._converter_type = AudioConverter
+        self._encoder_type = AudioEncoder
         self.source = source
         # Opus carries 1 or 2 channels, as the connection's audio_opus_params
         # (or else the source) decide; the source's PCM is remixed to that
@@ -753,8 +757,6 @@ class _AudioEncoding:
 
     def send(self, pcm: np.ndarray, captured: float) -> None:
         """Encode ``pcm`` (captured at ``captured``) for every attachment and write the packets."""
-        from hibiki.media import AudioConverter, AudioEncoder
-
         source = self.source
         targets = source._targets()
         if not targets:
@@ -771,13 +773,13 @@ class _AudioEncoding:
             channels = options["channels"]
             if channels not in remixed:
                 if channels not in self.converters:
-                    self.converters[channels] = AudioConverter(
+                    self.converters[channels] = self._converter_type(
                         source.sample_rate, source.channels, source.sample_rate, channels)
                 remixed[channels] = self.converters[channels].convert(pcm)
             encoder = self.encoders.get(key)
             if encoder is None:
                 try:
-                    encoder = self.encoders[key] = AudioEncoder(
+                    encoder = self.encoders[key] = self._encoder_type(
                         codec=codec, sample_rate=source.sample_rate, bitrate=bitrate, **options)
                 except (ValueError, RuntimeError) as exc:
                     logger.error("cannot encode %s audio: %s", codec, exc)
