@@ -16,7 +16,7 @@ the server wrote a Python traceback, did not stop within 10 s, or died early.
 
 Helpers (``from conftest import ...``): ``run``, ``open_ws``, ``recv_json``,
 ``expect_close``, ``connect_message``, ``connect_and_get_offer``, ``wait_until``,
-and ``Peer``/``with_engine``/``is_notify`` (a raw signaling client with a real
+``espeak_speech`` (real speech, synthesized), and ``Peer``/``with_engine``/``is_notify`` (a raw signaling client with a real
 media connection).
 
 Nothing here builds anything: the Rust extension (``hibiki._core``) must
@@ -276,6 +276,27 @@ async def expect_close(ws: ClientConnection, timeout: float = 5.0) -> tuple[int,
             return code, reason, received
         except TimeoutError:
             continue
+
+
+def espeak_speech(text: str, path: Path) -> tuple[Any, int]:
+    """espeak-ng saying ``text`` into the WAV ``path``: (int16 ``[samples, 1]``, its rate).
+
+    Skips the test when espeak-ng is not installed (``apt-get install espeak-ng``).
+    """
+    import shutil
+    import wave
+
+    import numpy as np
+
+    espeak = shutil.which("espeak-ng")
+    if espeak is None:
+        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); it synthesizes the test speech")
+    subprocess.run([espeak, "-w", str(path), text], check=True, timeout=60, capture_output=True)
+    with wave.open(str(path)) as w:
+        assert w.getsampwidth() == 2 and w.getnchannels() == 1
+        rate = w.getframerate()
+        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)[:, None]
+    return pcm, rate
 
 
 def new_channel_id() -> str:

@@ -15,12 +15,10 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
-import wave
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +26,7 @@ import hibiki
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import PYTHON_SRC, REPO, new_channel_id, run, wait_until
+from conftest import PYTHON_SRC, REPO, espeak_speech, new_channel_id, run, wait_until
 from hibiki.client.playout import PacketClock, PlayoutQueue
 from hibiki.media import dominant_frequency, level_dbfs, tone
 
@@ -36,6 +34,29 @@ RATE = 48_000
 
 
 # -- the queue and the clock ------------------------------------------------------------------
+
+
+class LoopTicks:
+    """Counts how often the running event loop gets to run a task that sleeps ``period`` at a time.
+
+    A wait that blocks the loop shows as missing ticks.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.ticks = 0
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self.ticks += 1
+            await asyncio.sleep(self.period)
+
+    async def stop(self) -> int:
+        self._stop.set()
+        await self._task
+        return self.ticks
 
 
 def ramp(start: int, n: int) -> npt.NDArray[np.int16]:
@@ -95,28 +116,18 @@ def test_queue_async_waits_do_not_block_the_loop() -> None:
     q.put(ramp(0, 500))
 
     async def main() -> None:
-        ticks = 0
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not stop.is_set():
-                ticks += 1
-                await asyncio.sleep(0.01)
-
         def consume() -> None:  # another thread drains it, 100 samples per 50 ms
             for _ in range(6):
                 time.sleep(0.05)
                 q.take(100)
 
-        tick_task = asyncio.create_task(ticker())
+        loop_ticks = LoopTicks(0.01)
         threading.Thread(target=consume, daemon=True).start()
         await asyncio.wait_for(q.put_async(ramp(0, 50)), 5)  # waits until < 100 queued
         assert q.queued <= 150
         assert not await q.wait_empty_async(timeout=0.01)
         assert await q.wait_empty_async(timeout=5)
-        stop.set()
-        await tick_task
+        ticks = await loop_ticks.stop()
         assert ticks >= 10, f"the loop ran only {ticks} ticks while waiting"
 
     run(main(), timeout=20)
@@ -271,16 +282,7 @@ def test_asyncio_producers_wait_for_room_without_blocking_the_loop(
     pub, sub, heard = _connect(server, source)
 
     async def main() -> None:
-        ticks = 0
-        stop = asyncio.Event()
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while not stop.is_set():
-                ticks += 1
-                await asyncio.sleep(0.02)
-
-        task = asyncio.create_task(ticker())
+        loop_ticks = LoopTicks(0.02)
         t0 = time.monotonic()
         await source.on_data_async(tone(440.0, RATE, 1, 0, RATE))  # 1 s: room, in at once
         await source.on_data_async(tone(660.0, RATE, 1, 0, RATE // 2))  # waits ~0.8 s
@@ -288,8 +290,7 @@ def test_asyncio_producers_wait_for_room_without_blocking_the_loop(
         assert 0.6 < waited < 4.0, waited
         assert await source.wait_for_playout_async(timeout=10)
         assert time.monotonic() - t0 > 1.4
-        stop.set()
-        await task
+        ticks = await loop_ticks.stop()
         assert ticks >= 30, f"the loop ticked {ticks} times in {time.monotonic() - t0:.1f} s"
         # The blocking call on the loop's thread still works, and says what to use instead.
         with caplog.at_level(logging.WARNING, logger="hibiki.client"):
@@ -351,16 +352,9 @@ class AgentProgram:
 
 @pytest.fixture(scope="module")
 def sentence(tmp_path_factory: pytest.TempPathFactory) -> tuple[npt.NDArray[np.int16], int]:
-    """espeak-ng saying a sentence: (int16 [samples, 1], its rate)."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); it speaks the user's part")
-    path = tmp_path_factory.mktemp("agent") / "user.wav"
-    subprocess.run([espeak, "-w", str(path), "Hello agent, what is the weather like today?"],
-                   check=True, timeout=60, capture_output=True)
-    with wave.open(str(path)) as w:
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)[:, None]
+    """espeak-ng saying the user's question: (int16 [samples, 1], its rate)."""
+    pcm, rate = espeak_speech("Hello agent, what is the weather like today?",
+                              tmp_path_factory.mktemp("agent") / "user.wav")
     assert len(pcm) > 1.5 * rate
     return pcm, rate
 

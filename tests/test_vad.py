@@ -9,16 +9,14 @@ white and pink noise check that loud non-speech is not taken for speech.
 from __future__ import annotations
 
 import pickle
-import shutil
-import subprocess
 import threading
-import wave
 
 import hibiki
 import hibiki.compat.sora_sdk as compat
 import numpy as np
 import numpy.typing as npt
 import pytest
+from conftest import espeak_speech
 from hibiki.media import AudioConverter
 
 SENTENCE = ("Hello, this is a test of the voice activity detector. "
@@ -28,15 +26,7 @@ SENTENCE = ("Hello, this is a test of the voice activity detector. "
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory: pytest.TempPathFactory) -> tuple[npt.NDArray[np.int16], int]:
     """espeak-ng's reading of SENTENCE: (int16 [samples, 1], its sample rate)."""
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng); it synthesizes the test speech")
-    path = tmp_path_factory.mktemp("vad") / "speech.wav"
-    subprocess.run([espeak, "-w", str(path), SENTENCE], check=True, timeout=60, capture_output=True)
-    with wave.open(str(path)) as w:
-        assert w.getsampwidth() == 2 and w.getnchannels() == 1
-        rate = w.getframerate()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").astype(np.int16)[:, None]
+    pcm, rate = espeak_speech(SENTENCE, tmp_path_factory.mktemp("vad") / "speech.wav")
     assert len(pcm) > 3 * rate, "espeak-ng made less than 3 s of speech"
     return pcm, rate
 

@@ -741,7 +741,8 @@ class _AudioEncoding:
     """An audio source's encoders, one per distinct encoder key, used by its worker thread only."""
 
     def __init__(self, source: AudioSource) -> None:
-        from hibiki.media import AudioConverter, AudioEncoder  # the media layer loads PyAV: not at import
+        # The media layer loads PyAV: imported when a worker starts, not with the SDK.
+        from hibiki.media import AudioConverter, AudioEncoder
 
         self._converter_type = AudioConverter
         self._encoder_type = AudioEncoder
