@@ -182,10 +182,11 @@ class Heard:
                 if level_dbfs(pcm) > -40 and abs(dominant_frequency(pcm[:, 0], RATE) - freq) < 30]
 
 
-def _connect(server: Any, source: hibiki.AudioSource) -> tuple[Any, Any, Heard]:
+def _connect(server: Any, source: hibiki.AudioSource, **options: Any) -> tuple[Any, Any, Heard]:
     sdk = hibiki.Hibiki()
     channel = new_channel_id()
-    pub = sdk.create_connection([server.signaling_url], "sendonly", channel, audio_source=source, video=False)
+    pub = sdk.create_connection([server.signaling_url], "sendonly", channel, audio_source=source, video=False,
+                                **options)
     sub = sdk.create_connection([server.signaling_url], "recvonly", channel)
     tracks: list[hibiki.MediaTrack] = []
     sub.on_track = tracks.append
@@ -244,6 +245,27 @@ def test_played_out_audio_keeps_real_time_where_as_given_arrives_in_a_burst(serv
                    lambda: f"440 Hz frames: {len(heard.with_tone(440.0, t0))}")
         low = heard.with_tone(440.0, t0)
         assert low[-1] - low[0] < 0.8, low[-1] - low[0]
+    finally:
+        sub.disconnect()
+        pub.disconnect()
+
+
+@pytest.mark.parametrize("ptime", [10, 60])
+def test_played_out_audio_in_other_packet_durations(server: Any, ptime: int) -> None:
+    """The clock ticks every 20 ms; 10 ms packets go out two a tick, 60 ms ones every third tick."""
+    source = hibiki.AudioSource(channels=1, sample_rate=16_000, queue_size_ms=300)
+    pub, sub, heard = _connect(server, source, audio_opus_params={"ptime": ptime})
+    try:
+        t0 = time.monotonic()
+        source.on_data(tone(440.0, 16_000, 1, 0, 2 * 16_000))
+        assert source.wait_for_playout(timeout=10)
+        assert time.monotonic() - t0 > 1.9
+        frames = 2000 // ptime
+        wait_until(lambda: len(heard.with_tone(440.0, t0)) >= frames - 3, 5,
+                   lambda: f"{len(heard.with_tone(440.0, t0))} of {frames} {ptime} ms frames of the tone")
+        low = heard.with_tone(440.0, t0)
+        assert low[-1] - low[0] > 1.7, low[-1] - low[0]
+        assert all(len(pcm) == RATE * ptime // 1000 for _, pcm in heard.since(t0))
     finally:
         sub.disconnect()
         pub.disconnect()

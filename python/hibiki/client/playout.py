@@ -36,9 +36,11 @@ class PlayoutQueue:
     """Int16 PCM ``[samples, channels]`` in order, taken out in slices of any size.
 
     >>> q = PlayoutQueue(channels=1, limit=16_000)
-    >>> q.put(np.zeros((48_000, 1), np.int16))   # room: goes in whole, even past the limit
-    >>> q.take(320).shape                        # the worker's slice; zeros when short
-    (320, 1)
+    >>> q.put(np.ones((48_000, 1), np.int16))    # room: goes in whole, even past the limit
+    True
+    >>> pcm, queued = q.take(320)                # the worker's slice, silence where short
+    >>> pcm.shape, queued
+    ((320, 1), 320)
 
     Thread safe; every method may be called from any thread.
     """
