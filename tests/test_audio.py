@@ -9,6 +9,7 @@ channel's dominant frequency, levels, sample counts, RTP timelines.
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
 import time
@@ -393,6 +394,51 @@ def test_audio_sink_read_semantics(track: MediaTrack) -> None:
     track._end()
     reader.join(5)
     assert not reader.is_alive() and result and result[0][0] is False
+
+
+def test_audio_sink_asyncio_face(track: MediaTrack) -> None:
+    """read_async and chunks: read's semantics, awaited; the loop keeps running while they wait."""
+    sink = hibiki.AudioSink(track, output_frequency=16_000, output_channels=1)
+
+    async def main() -> None:
+        ok, empty = await sink.read_async(0)
+        assert not ok and empty.shape == (0, 1)
+        t0 = time.monotonic()
+        assert not (await sink.read_async(frames=160, timeout=0.3))[0]
+        assert 0.25 <= time.monotonic() - t0 < 2.0
+        with pytest.raises(ValueError):
+            await sink.read_async(frames=-1)
+        with pytest.raises(ValueError):
+            await anext(sink.chunks(frames=0))
+
+        # 1 s of 440 Hz then 0.5 s of 660 Hz, pushed by a thread while chunks() awaits them.
+        ticks = 0
+        feeding = threading.Thread(target=lambda: (
+            push(track, AudioEncoder(channels=1).encode(np.concatenate(
+                [tone(440.0, RATE, 1, 0, RATE), tone(660.0, RATE, 1, 0, RATE // 2)]))),
+            time.sleep(0.2), track._end()))
+        feeding.start()
+        got: list[npt.NDArray[np.int16]] = []
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while feeding.is_alive():
+                ticks += 1
+                await asyncio.sleep(0.005)
+
+        tick_task = asyncio.create_task(ticker())
+        async for pcm in sink.chunks(frames=1_600):  # 100 ms each; ends with the track
+            got.append(pcm)
+        await tick_task
+        assert all(c.shape == (1_600, 1) for c in got)
+        assert 14 <= len(got) <= 15, len(got)  # 1.5 s, less the resampler's delay; the rest is not yielded
+        assert abs(dominant_frequency(np.concatenate(got[2:9]), 16_000) - 440.0) < 5.0
+        assert abs(dominant_frequency(np.concatenate(got[11:14]), 16_000) - 660.0) < 5.0
+        assert ticks >= 10, ticks
+        ok, _ = await sink.read_async(frames=1_600, timeout=30)  # ended: False at once
+        assert not ok
+
+    asyncio.run(asyncio.wait_for(main(), 30))
 
 
 def test_on_format_fires_first_and_again_when_the_stream_turns_stereo(track: MediaTrack) -> None:

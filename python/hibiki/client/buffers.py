@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar, cast
 
 from .errors import TrackEnded
 
-__all__ = ["FrameBuffer"]
+__all__ = ["FrameBuffer", "LoopWaiters"]
 
 T = TypeVar("T")
 
@@ -26,6 +26,45 @@ _CLOSED = object()
 def _wake(fut: asyncio.Future[None]) -> None:
     if not fut.done():
         fut.set_result(None)
+
+
+class LoopWaiters:
+    """Coroutines, each on its own event loop, waiting for threads to change some state.
+
+    The owner keeps it under its own lock: a coroutine checks the state and
+    calls :meth:`add` under that lock (so a change right after the check
+    finds it), then awaits the future outside it and :meth:`discard` s it
+    when done; a thread that changes the state calls :meth:`wake` under the
+    lock. Woken coroutines check the state again: one wake-up may serve
+    several waits, or none.
+    """
+
+    def __init__(self) -> None:
+        self._entries: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._entries)
+
+    def add(self) -> asyncio.Future[None]:
+        """A future on the running loop, resolved by the next :meth:`wake`."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._entries.append((loop, fut))
+        return fut
+
+    def discard(self, fut: asyncio.Future[None]) -> None:
+        """Forget ``fut`` (woken, timed out or cancelled)."""
+        self._entries = [e for e in self._entries if e[1] is not fut]
+
+    def wake(self) -> None:
+        """Resolve every waiting future, each on its own loop; forget them."""
+        entries, self._entries = self._entries, []
+        for loop, fut in entries:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:
+                # The waiter's loop was closed meanwhile; nobody is waiting anymore.
+                pass
 
 
 class FrameBuffer(Generic[T]):
@@ -48,7 +87,7 @@ class FrameBuffer(Generic[T]):
         # sentinel) and guards the coroutine waiters; readers never take it
         # to block.
         self._lock = threading.Lock()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._waiters = LoopWaiters()
         self._closed = False
         self._what = what
         self.dropped = 0
@@ -74,10 +113,8 @@ class FrameBuffer(Generic[T]):
                     self.dropped += 1
                 except queue.Empty:  # a reader took it meanwhile
                     pass
-            if not self._waiters:
-                return
-            waiters, self._waiters = self._waiters, []
-        self._wake_all(waiters)
+            if self._waiters:
+                self._waiters.wake()
 
     def clear(self) -> None:
         while self.get_nowait() is not None:
@@ -90,17 +127,7 @@ class FrameBuffer(Generic[T]):
                 return
             self._closed = True
             self._queue.put(_CLOSED)
-            waiters, self._waiters = self._waiters, []
-        self._wake_all(waiters)
-
-    @staticmethod
-    def _wake_all(waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]) -> None:
-        for loop, fut in waiters:
-            try:
-                loop.call_soon_threadsafe(_wake, fut)
-            except RuntimeError:
-                # The reader's loop was closed meanwhile; nobody is waiting anymore.
-                pass
+            self._waiters.wake()
 
     def _ended(self) -> TrackEnded:
         self._queue.put(_CLOSED)  # for the next reader
@@ -147,16 +174,12 @@ class FrameBuffer(Generic[T]):
                 if item is _CLOSED:
                     raise self._ended()
                 return cast(T, item)
-            fut: asyncio.Future[None] = loop.create_future()
-            entry = (loop, fut)
             with self._lock:
                 # Checked again under the lock: a put() or close() before this
                 # point is seen here, one after it finds the waiter.
-                ready = self._queue.qsize() > 0
-                if not ready:
-                    self._waiters.append(entry)
-            if ready:
-                continue
+                if self._queue.qsize() > 0:
+                    continue
+                fut = self._waiters.add()
             try:
                 if deadline is None:
                     await fut
@@ -171,5 +194,4 @@ class FrameBuffer(Generic[T]):
                         raise TimeoutError(f"no {self._what} within {timeout} s") from None
             finally:
                 with self._lock:
-                    if entry in self._waiters:
-                        self._waiters.remove(entry)
+                    self._waiters.discard(fut)

@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .buffers import LoopWaiters
+
 __all__ = ["PacketClock", "PlayoutQueue"]
 
 
@@ -56,8 +58,8 @@ class PlayoutQueue:
         self._queued = 0
         self._cond = threading.Condition()
         self._closed = False
-        # Coroutines waiting for a state: (loop, future, "room" or "empty").
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None], str]] = []
+        # Coroutines waiting for room or for the end (put_async, wait_empty_async).
+        self._waiters = LoopWaiters()
 
     @property
     def queued(self) -> int:
@@ -73,6 +75,9 @@ class PlayoutQueue:
 
     def _has_room(self) -> bool:
         return self._queued < self.limit or self._closed
+
+    def _is_empty(self) -> bool:
+        return self._queued == 0
 
     def _append_locked(self, pcm: np.ndarray) -> None:
         if len(pcm):
@@ -94,7 +99,7 @@ class PlayoutQueue:
 
     async def put_async(self, pcm: np.ndarray) -> bool:
         """Like :meth:`put` without a timeout, awaiting room without blocking the event loop."""
-        await self._until("room", None)
+        await self._until(self._has_room, None)
         with self._cond:
             if self._closed:
                 return False
@@ -117,31 +122,29 @@ class PlayoutQueue:
     def wait_empty(self, timeout: float | None = None) -> bool:
         """Block until everything queued was taken (or cleared); False on timeout."""
         with self._cond:
-            return self._cond.wait_for(lambda: self._queued == 0, timeout)
+            return self._cond.wait_for(self._is_empty, timeout)
 
     async def wait_empty_async(self, timeout: float | None = None) -> bool:
         """Like :meth:`wait_empty`, without blocking the event loop."""
         try:
-            await self._until("empty", timeout)
+            await self._until(self._is_empty, timeout)
         except TimeoutError:
             return False
         return True
 
-    async def _until(self, state: str, timeout: float | None) -> None:
-        holds = self._has_room if state == "room" else (lambda: self._queued == 0)
-        loop = asyncio.get_running_loop()
-        with self._cond:
-            if holds():
-                return
-            waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None], str] = (
-                loop, loop.create_future(), state)
-            self._waiters.append(waiter)
-        try:
-            await asyncio.wait_for(waiter[1], timeout)
-        finally:
-            with self._cond:
-                if waiter in self._waiters:
-                    self._waiters.remove(waiter)
+    async def _until(self, holds: Callable[[], bool], timeout: float | None) -> None:
+        """Return once ``holds()`` is true; TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while True:
+                with self._cond:
+                    if holds():
+                        return
+                    fut = self._waiters.add()
+                try:
+                    await fut
+                finally:
+                    with self._cond:
+                        self._waiters.discard(fut)
 
     # -- the consumer ------------------------------------------------------------------
 
@@ -179,21 +182,8 @@ class PlayoutQueue:
 
     def _changed_locked(self) -> None:
         self._cond.notify_all()
-        if not self._waiters:
-            return
-        holds: dict[str, Callable[[], bool]] = {"room": self._has_room, "empty": lambda: self._queued == 0}
-        for waiter in [w for w in self._waiters if holds[w[2]]()]:
-            self._waiters.remove(waiter)
-            loop, future, _ = waiter
-            try:
-                loop.call_soon_threadsafe(_resolve, future)
-            except RuntimeError:  # that loop is closed; nobody waits any more
-                pass
-
-
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+        if self._waiters:
+            self._waiters.wake()
 
 
 class PacketClock:

@@ -10,6 +10,7 @@ attached to a track at any time; it gets frames decoded from then on.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections import deque
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .buffers import FrameBuffer
+from .buffers import FrameBuffer, LoopWaiters
 from .errors import TrackEnded
 from .loop import call_user
 from .tracks import AudioFrame
@@ -190,6 +191,12 @@ class AudioSink(AudioSinkBase):
         sink = hibiki.AudioSink(track, output_frequency=16000, output_channels=1)
         ok, pcm = sink.read(frames=320, timeout=1.0)   # int16 [320, 1] when ok
 
+    from asyncio, without blocking the loop (``read_async`` has ``read``'s
+    semantics)::
+
+        async for pcm in sink.chunks(frames=1600):     # 100 ms at a time, until the track ends
+            transcriber.push(pcm)
+
     or push: ``sink.on_data = lambda pcm: ...`` (decoder thread), and
     ``sink.on_format = lambda sample_rate, channels: ...`` once the format is
     known (before the first ``on_data``) and whenever it changes.
@@ -223,6 +230,7 @@ class AudioSink(AudioSinkBase):
         self._chunks: deque[np.ndarray] = deque()
         self._buffered = 0
         self._ended = False
+        self._waiters = LoopWaiters()  # coroutines in read_async
         self.samples_dropped = 0
         """Samples discarded because nobody read them within ``max_buffer_seconds``."""
         track._add_sink(self)
@@ -247,12 +255,15 @@ class AudioSink(AudioSinkBase):
                 self._buffered -= len(old)
                 self.samples_dropped += len(old)
             self._cond.notify_all()
+            if self._waiters:
+                self._waiters.wake()
         call_user(self.on_data, pcm, what="AudioSink.on_data")
 
     def _track_ended(self) -> None:
         with self._cond:
             self._ended = True
             self._cond.notify_all()
+            self._waiters.wake()
 
     def _empty(self) -> np.ndarray:
         channels = self._format[1] if self._format else max(self.output_channels, 1)
@@ -278,19 +289,65 @@ class AudioSink(AudioSinkBase):
             raise ValueError(f"frames must be >= 0, got {frames}")
         deadline = time.monotonic() + max(0.0, timeout)
         with self._cond:
-            need = max(frames, 1)
-            while self._buffered < need:
+            while (taken := self._take_locked(frames)) is None:
                 remaining = deadline - time.monotonic()
-                if frames == 0 or self._ended or remaining <= 0:
+                if remaining <= 0:
                     return False, self._empty()
                 self._cond.wait(remaining)
-            data = np.concatenate(list(self._chunks)) if len(self._chunks) > 1 else self._chunks[0]
-            self._chunks.clear()
-            if frames > 0 and len(data) > frames:
-                self._chunks.append(data[frames:])
-                data = data[:frames]
-            self._buffered -= len(data)
-            return True, np.ascontiguousarray(data)
+            return taken
+
+    async def read_async(self, frames: int = 0, timeout: float | None = 1.0) -> tuple[bool, np.ndarray]:
+        """:meth:`read` for asyncio code: awaits the audio without blocking the loop.
+
+        ``timeout=None`` waits as long as the track lasts.
+        """
+        if frames < 0:
+            raise ValueError(f"frames must be >= 0, got {frames}")
+        try:
+            async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
+                while True:
+                    with self._cond:
+                        taken = self._take_locked(frames)
+                        if taken is not None:
+                            return taken
+                        fut = self._waiters.add()
+                    try:
+                        await fut
+                    finally:
+                        with self._cond:
+                            self._waiters.discard(fut)
+        except TimeoutError:
+            return False, self._empty()
+
+    async def chunks(self, frames: int) -> AsyncIterator[np.ndarray]:
+        """Yield ``frames`` samples per channel at a time (int16 ``[frames, channels]``) until the track ends.
+
+        What is left at the end, less than ``frames``, is not yielded.
+
+        Raises:
+            ValueError: ``frames`` is not positive.
+        """
+        if frames <= 0:
+            raise ValueError(f"frames must be > 0, got {frames}")
+        while True:
+            ok, pcm = await self.read_async(frames, timeout=None)
+            if not ok:
+                return
+            yield pcm
+
+    def _take_locked(self, frames: int) -> tuple[bool, np.ndarray] | None:
+        """What :meth:`read` returns now, or None while it should wait for more audio."""
+        if self._buffered < max(frames, 1):
+            if frames == 0 or self._ended:
+                return False, self._empty()
+            return None
+        data = np.concatenate(list(self._chunks)) if len(self._chunks) > 1 else self._chunks[0]
+        self._chunks.clear()
+        if frames > 0 and len(data) > frames:
+            self._chunks.append(data[frames:])
+            data = data[:frames]
+        self._buffered -= len(data)
+        return True, np.ascontiguousarray(data)
 
 
 class AudioStreamSink(AudioSinkBase):
