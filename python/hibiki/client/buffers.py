@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import queue
 import threading
+from collections.abc import Callable
 from typing import Any, Generic, TypeVar, cast
 
 from .errors import TrackEnded
@@ -19,6 +20,7 @@ from .errors import TrackEnded
 __all__ = ["FrameBuffer", "LoopWaiters"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _CLOSED = object()
 
@@ -55,6 +57,24 @@ class LoopWaiters:
     def discard(self, fut: asyncio.Future[None]) -> None:
         """Forget ``fut`` (woken, timed out or cancelled)."""
         self._entries = [e for e in self._entries if e[1] is not fut]
+
+    async def until(self, lock: threading.Lock | threading.Condition, ready: Callable[[], R | None]) -> R:
+        """Await until ``ready()``, called under ``lock``, returns something other than None; return that.
+
+        Between checks this waits for a :meth:`wake`; wrap it in
+        ``asyncio.timeout`` for a deadline.
+        """
+        while True:
+            with lock:
+                result = ready()
+                if result is not None:
+                    return result
+                fut = self.add()
+            try:
+                await fut
+            finally:
+                with lock:
+                    self.discard(fut)
 
     def wake(self) -> None:
         """Resolve every waiting future, each on its own loop; forget them."""

@@ -135,16 +135,7 @@ class PlayoutQueue:
     async def _until(self, holds: Callable[[], bool], timeout: float | None) -> None:
         """Return once ``holds()`` is true; TimeoutError after ``timeout`` seconds."""
         async with asyncio.timeout(timeout):
-            while True:
-                with self._cond:
-                    if holds():
-                        return
-                    fut = self._waiters.add()
-                try:
-                    await fut
-                finally:
-                    with self._cond:
-                        self._waiters.discard(fut)
+            await self._waiters.until(self._cond, lambda: True if holds() else None)
 
     # -- the consumer ------------------------------------------------------------------
 

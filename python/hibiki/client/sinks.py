@@ -305,17 +305,7 @@ class AudioSink(AudioSinkBase):
             raise ValueError(f"frames must be >= 0, got {frames}")
         try:
             async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
-                while True:
-                    with self._cond:
-                        taken = self._take_locked(frames)
-                        if taken is not None:
-                            return taken
-                        fut = self._waiters.add()
-                    try:
-                        await fut
-                    finally:
-                        with self._cond:
-                            self._waiters.discard(fut)
+                return await self._waiters.until(self._cond, lambda: self._take_locked(frames))
         except TimeoutError:
             return False, self._empty()
 
