@@ -4,7 +4,9 @@ Decoder workers (plain threads) produce frames; users consume them either by
 blocking (``sink.get(timeout)``, callback face) or by awaiting
 (``await track.recv()``, asyncio face) on *their* event loop, which is not the
 SDK loop. Waiting coroutines are woken with ``loop.call_soon_threadsafe``, so a
-reader's loop never polls and the producer never blocks.
+reader's loop never polls and the producer never blocks. :class:`LoopWaiters`
+is that wake-up on its own, for other thread-fed state that coroutines await
+(an audio sink's samples, a played-out source's queue).
 """
 
 from __future__ import annotations

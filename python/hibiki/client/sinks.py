@@ -1,11 +1,13 @@
-"""Sinks: how the callback face (and threads) consume a remote track's decoded media.
+"""Sinks: how user code, callbacks, threads or coroutines, consumes a remote track's decoded media.
 
 Same names and behaviour as sora-sdk's ``SoraVideoSink`` / ``SoraAudioSink`` /
 ``SoraAudioStreamSink``: set ``on_frame`` / ``on_data`` to be called for every
 decoded frame (on the track's decoder thread: keep it short or hand the work
-off), or pull with ``get`` / ``read``. Audio sinks deliver the sample rate and
-channel count asked for (resampling/remixing as needed). A sink can be
-attached to a track at any time; it gets frames decoded from then on.
+off), or pull with ``get`` / ``read`` from a thread, or with ``await`` /
+``async for`` from a coroutine (``VideoSink.read``, ``AudioSink.read_async``
+and ``chunks``). Audio sinks deliver the sample rate and channel count asked
+for (resampling/remixing as needed). A sink can be attached to a track at
+any time; it gets frames decoded from then on.
 """
 
 from __future__ import annotations
@@ -191,13 +193,13 @@ class AudioSink(AudioSinkBase):
         sink = hibiki.AudioSink(track, output_frequency=16000, output_channels=1)
         ok, pcm = sink.read(frames=320, timeout=1.0)   # int16 [320, 1] when ok
 
-    from asyncio, without blocking the loop (``read_async`` has ``read``'s
-    semantics)::
+    Pull from asyncio, without blocking the loop (``read_async`` has
+    ``read``'s semantics)::
 
         async for pcm in sink.chunks(frames=1600):     # 100 ms at a time, until the track ends
             transcriber.push(pcm)
 
-    or push: ``sink.on_data = lambda pcm: ...`` (decoder thread), and
+    Or push: ``sink.on_data = lambda pcm: ...`` (decoder thread), and
     ``sink.on_format = lambda sample_rate, channels: ...`` once the format is
     known (before the first ``on_data``) and whenever it changes.
     """
