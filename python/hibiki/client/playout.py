@@ -1,11 +1,12 @@
-"""The queue behind a paced audio source: PCM waits here until its turn to go out.
+"""The queue and clock behind a played-out audio source: PCM waits here until its turn to go out.
 
 A voice agent gets speech from its TTS much faster than real time, often
 seconds at once. Sent as it comes, it would reach receivers as a burst that
 their jitter buffers squeeze or drop. An :class:`~hibiki.AudioSource` made
 with ``queue_size_ms`` puts what it is given here instead, and its worker
-takes one packet's worth every packet interval, on the clock; what is not
-there yet is silence, so the stream keeps time while nobody speaks.
+takes one packet's worth every packet interval, when :class:`PacketClock`
+says; what is not there yet is silence, so the stream keeps time while
+nobody speaks.
 
 The queue bounds how far ahead a producer may run (``limit`` samples): a
 put waits while that much is queued, so the producer is paced by the
