@@ -16,7 +16,8 @@ the server wrote a Python traceback, did not stop within 10 s, or died early.
 
 Helpers (``from conftest import ...``): ``run``, ``open_ws``, ``recv_json``,
 ``expect_close``, ``connect_message``, ``connect_and_get_offer``, ``wait_until``,
-``espeak_speech`` (real speech, synthesized), and ``Peer``/``with_engine``/``is_notify`` (a raw signaling client with a real
+``espeak_speech`` (real speech, synthesized), ``LoopTicks`` (is an event loop
+blocked?), and ``Peer``/``with_engine``/``is_notify`` (a raw signaling client with a real
 media connection).
 
 Nothing here builds anything: the Rust extension (``hibiki._core``) must
@@ -276,6 +277,29 @@ async def expect_close(ws: ClientConnection, timeout: float = 5.0) -> tuple[int,
             return code, reason, received
         except TimeoutError:
             continue
+
+
+class LoopTicks:
+    """Counts how often the running event loop gets to run a task that sleeps ``period`` at a time.
+
+    A wait that blocks the loop shows as missing ticks.
+    """
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self.ticks = 0
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            self.ticks += 1
+            await asyncio.sleep(self.period)
+
+    async def stop(self) -> int:
+        self._stop.set()
+        await self._task
+        return self.ticks
 
 
 def espeak_speech(text: str, path: Path) -> tuple[Any, int]:

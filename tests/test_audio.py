@@ -21,7 +21,7 @@ import hibiki
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import new_channel_id, wait_until
+from conftest import LoopTicks, new_channel_id, wait_until
 from hibiki.client.tracks import MediaTrack
 from hibiki.media import (
     AUDIO_CLOCK_RATE,
@@ -412,24 +412,16 @@ def test_audio_sink_asyncio_face(track: MediaTrack) -> None:
             await anext(sink.chunks(frames=0))
 
         # 1 s of 440 Hz then 0.5 s of 660 Hz, pushed by a thread while chunks() awaits them.
-        ticks = 0
         feeding = threading.Thread(target=lambda: (
             push(track, AudioEncoder(channels=1).encode(np.concatenate(
                 [tone(440.0, RATE, 1, 0, RATE), tone(660.0, RATE, 1, 0, RATE // 2)]))),
             time.sleep(0.2), track._end()))
         feeding.start()
         got: list[npt.NDArray[np.int16]] = []
-
-        async def ticker() -> None:
-            nonlocal ticks
-            while feeding.is_alive():
-                ticks += 1
-                await asyncio.sleep(0.005)
-
-        tick_task = asyncio.create_task(ticker())
+        loop_ticks = LoopTicks(0.005)
         async for pcm in sink.chunks(frames=1_600):  # 100 ms each; ends with the track
             got.append(pcm)
-        await tick_task
+        ticks = await loop_ticks.stop()
         assert all(c.shape == (1_600, 1) for c in got)
         assert 14 <= len(got) <= 15, len(got)  # 1.5 s, less the resampler's delay; the rest is not yielded
         assert abs(dominant_frequency(np.concatenate(got[2:9]), 16_000) - 440.0) < 5.0

@@ -19,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,15 @@ import hibiki
 import numpy as np
 import numpy.typing as npt
 import pytest
-from conftest import PYTHON_SRC, REPO, espeak_speech, new_channel_id, run, wait_until
+from conftest import (
+    PYTHON_SRC,
+    REPO,
+    LoopTicks,
+    espeak_speech,
+    new_channel_id,
+    run,
+    wait_until,
+)
 from hibiki.client.playout import PacketClock, PlayoutQueue
 from hibiki.media import dominant_frequency, level_dbfs, tone
 
@@ -34,29 +44,6 @@ RATE = 48_000
 
 
 # -- the queue and the clock ------------------------------------------------------------------
-
-
-class LoopTicks:
-    """Counts how often the running event loop gets to run a task that sleeps ``period`` at a time.
-
-    A wait that blocks the loop shows as missing ticks.
-    """
-
-    def __init__(self, period: float) -> None:
-        self.period = period
-        self.ticks = 0
-        self._stop = asyncio.Event()
-        self._task = asyncio.create_task(self._run())
-
-    async def _run(self) -> None:
-        while not self._stop.is_set():
-            self.ticks += 1
-            await asyncio.sleep(self.period)
-
-    async def stop(self) -> int:
-        self._stop.set()
-        await self._task
-        return self.ticks
 
 
 def ramp(start: int, n: int) -> npt.NDArray[np.int16]:
@@ -182,7 +169,9 @@ class Heard:
                 if level_dbfs(pcm) > -40 and abs(dominant_frequency(pcm[:, 0], RATE) - freq) < 30]
 
 
-def _connect(server: Any, source: hibiki.AudioSource, **options: Any) -> tuple[Any, Any, Heard]:
+@contextmanager
+def hearing(server: Any, source: hibiki.AudioSource, **options: Any) -> Iterator[Heard]:
+    """``source`` published in a new channel and a subscriber's :class:`Heard`; both connections close at the end."""
     sdk = hibiki.Hibiki()
     channel = new_channel_id()
     pub = sdk.create_connection([server.signaling_url], "sendonly", channel, audio_source=source, video=False,
@@ -190,17 +179,19 @@ def _connect(server: Any, source: hibiki.AudioSource, **options: Any) -> tuple[A
     sub = sdk.create_connection([server.signaling_url], "recvonly", channel)
     tracks: list[hibiki.MediaTrack] = []
     sub.on_track = tracks.append
-    pub.connect()
-    sub.connect()
-    wait_until(lambda: any(t.kind == "audio" for t in tracks), 10, "the audio track")
-    heard = Heard(next(t for t in tracks if t.kind == "audio"))
-    return pub, sub, heard
+    try:
+        pub.connect()
+        sub.connect()
+        wait_until(lambda: any(t.kind == "audio" for t in tracks), 10, "the audio track")
+        yield Heard(next(t for t in tracks if t.kind == "audio"))
+    finally:
+        sub.disconnect()
+        pub.disconnect()
 
 
 def test_played_out_audio_keeps_real_time_where_as_given_arrives_in_a_burst(server: Any) -> None:
     paced = hibiki.AudioSource(channels=1, sample_rate=RATE, queue_size_ms=500)
-    pub, sub, heard = _connect(server, paced)
-    try:
+    with hearing(server, paced) as heard:
         # Silence flows before anyone speaks: the stream keeps time.
         wait_until(lambda: len(heard.frames) >= 10, 10, "silent frames from the idle source")
         assert all(level_dbfs(pcm) < -60 for _, pcm in heard.frames)
@@ -229,14 +220,10 @@ def test_played_out_audio_keeps_real_time_where_as_given_arrives_in_a_burst(serv
         settle = time.monotonic() + 0.3
         wait_until(lambda: len(heard.since(settle)) >= 15, 5, "frames after the playout")
         assert all(level_dbfs(pcm) < -50 for _, pcm in heard.since(settle))
-    finally:
-        sub.disconnect()
-        pub.disconnect()
 
     # The same 2 s through a source that sends as given: it arrives at once.
     given = hibiki.AudioSource(channels=1, sample_rate=RATE)
-    pub, sub, heard = _connect(server, given)
-    try:
+    with hearing(server, given) as heard:
         given.on_data(np.zeros((RATE // 10, 1), np.int16))  # something to start the stream
         wait_until(lambda: len(heard.frames) >= 1, 10, "the first frame")
         t0 = time.monotonic()
@@ -245,17 +232,13 @@ def test_played_out_audio_keeps_real_time_where_as_given_arrives_in_a_burst(serv
                    lambda: f"440 Hz frames: {len(heard.with_tone(440.0, t0))}")
         low = heard.with_tone(440.0, t0)
         assert low[-1] - low[0] < 0.8, low[-1] - low[0]
-    finally:
-        sub.disconnect()
-        pub.disconnect()
 
 
 @pytest.mark.parametrize("ptime", [10, 60])
 def test_played_out_audio_in_other_packet_durations(server: Any, ptime: int) -> None:
     """The clock ticks every 20 ms; 10 ms packets go out two a tick, 60 ms ones every third tick."""
     source = hibiki.AudioSource(channels=1, sample_rate=16_000, queue_size_ms=300)
-    pub, sub, heard = _connect(server, source, audio_opus_params={"ptime": ptime})
-    try:
+    with hearing(server, source, audio_opus_params={"ptime": ptime}) as heard:
         t0 = time.monotonic()
         source.on_data(tone(440.0, 16_000, 1, 0, 2 * 16_000))
         assert source.wait_for_playout(timeout=10)
@@ -266,15 +249,11 @@ def test_played_out_audio_in_other_packet_durations(server: Any, ptime: int) -> 
         low = heard.with_tone(440.0, t0)
         assert low[-1] - low[0] > 1.7, low[-1] - low[0]
         assert all(len(pcm) == RATE * ptime // 1000 for _, pcm in heard.since(t0))
-    finally:
-        sub.disconnect()
-        pub.disconnect()
 
 
 def test_clear_queue_silences_the_source_at_once(server: Any) -> None:
     source = hibiki.AudioSource(channels=1, sample_rate=RATE, queue_size_ms=1000)
-    pub, sub, heard = _connect(server, source)
-    try:
+    with hearing(server, source) as heard:
         t0 = time.monotonic()
         source.on_data(tone(440.0, RATE, 1, 0, 5 * RATE))  # a 5 s answer
         wait_until(lambda: len(heard.with_tone(440.0, t0)) >= 40, 10, "0.8 s of the answer")
@@ -293,15 +272,11 @@ def test_clear_queue_silences_the_source_at_once(server: Any) -> None:
         t1 = time.monotonic()
         source.on_data(tone(660.0, RATE, 1, 0, RATE // 2))
         wait_until(lambda: len(heard.with_tone(660.0, t1)) >= 20, 5, "the next answer")
-    finally:
-        sub.disconnect()
-        pub.disconnect()
 
 
 def test_asyncio_producers_wait_for_room_without_blocking_the_loop(
         server: Any, caplog: pytest.LogCaptureFixture) -> None:
     source = hibiki.AudioSource(channels=1, sample_rate=RATE, queue_size_ms=200)
-    pub, sub, heard = _connect(server, source)
 
     async def main() -> None:
         loop_ticks = LoopTicks(0.02)
@@ -321,24 +296,19 @@ def test_asyncio_producers_wait_for_room_without_blocking_the_loop(
         assert "on_data_async" in caplog.text
         assert await source.wait_for_playout_async(timeout=10)
 
-    try:
+    with hearing(server, source) as heard:
         run(main(), timeout=30)
         assert len(heard.with_tone(660.0)) >= 20
-    finally:
-        sub.disconnect()
-        pub.disconnect()
 
 
 def test_a_detached_source_lets_waiting_producers_go(server: Any) -> None:
     source = hibiki.AudioSource(channels=1, sample_rate=RATE, queue_size_ms=100)
-    pub, sub, _ = _connect(server, source)
-    source.on_data(tone(440.0, RATE, 1, 0, 10 * RATE))
     done = threading.Event()
-    threading.Thread(target=lambda: (source.on_data(tone(440.0, RATE, 1, 0, RATE)), done.set()),
-                     daemon=True).start()
-    assert not done.wait(0.3)
-    sub.disconnect()
-    pub.disconnect()
+    with hearing(server, source):
+        source.on_data(tone(440.0, RATE, 1, 0, 10 * RATE))
+        threading.Thread(target=lambda: (source.on_data(tone(440.0, RATE, 1, 0, RATE)), done.set()),
+                         daemon=True).start()
+        assert not done.wait(0.3)
     assert done.wait(10), "a producer stayed blocked on a source that stopped sending"
     assert source.wait_for_playout(timeout=5)
 
