@@ -43,9 +43,18 @@ CHUNK = 960  # 20 ms
 REPORT_RATE = 16_000
 
 
+_stdout_lock = threading.Lock()
+
+
 def emit(event: str, **fields: Any) -> None:
-    """One JSON line on stdout."""
-    print(json.dumps({"event": event, **fields}), flush=True)
+    """One JSON line on stdout.
+
+    Callbacks run on the SDK's threads: the lock keeps their lines whole
+    (``print`` writes the text and its newline separately).
+    """
+    line = json.dumps({"event": event, **fields})
+    with _stdout_lock:
+        print(line, flush=True)
 
 
 class Peer:

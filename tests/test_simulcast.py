@@ -149,6 +149,9 @@ def simulcast_publisher(server: ServerProcess, channel: str, noise: bool = False
                         **kwargs: Any) -> Iterator[hibiki.Connection]:
     sdk = hibiki.Hibiki()
     video = sdk.create_video_source()
+    # The size tells the layer: keep the encoders from scaling a layer down
+    # when a loaded machine's estimate dips (r2 at 960x540 looks like no layer).
+    kwargs.setdefault("degradation_preference", hibiki.DegradationPreference.MAINTAIN_RESOLUTION)
     pub = sdk.create_connection([server.signaling_url], "sendonly", channel, video_source=video, audio=False,
                                 simulcast=True, video_bit_rate=2500, **kwargs)
     pub.connect()
