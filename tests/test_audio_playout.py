@@ -328,7 +328,9 @@ class AgentProgram:
                                          stdout=out, stderr=err, env={**env, "PYTHONUNBUFFERED": "1"}, cwd=REPO)
 
     def events(self, kind: str) -> list[dict[str, Any]]:
-        lines = [json.loads(line) for line in self.out.read_text().splitlines() if line.strip()]
+        text = self.out.read_text()
+        complete = text[: text.rfind("\n") + 1]  # not a line still being written
+        lines = [json.loads(line) for line in complete.splitlines() if line.strip()]
         return [e for e in lines if e["event"] == kind]
 
     def tail(self) -> str:

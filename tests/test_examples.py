@@ -82,8 +82,10 @@ class Program:
             pytest.fail(f"{self.tag} did not finish within {timeout} s\n{self.tail()}")
 
     def lines(self) -> list[dict[str, Any]]:
+        """The complete lines so far (a line still being written is left for the next call)."""
+        text = self.stdout_path.read_text(errors="replace")
         result = []
-        for line in self.stdout_path.read_text(errors="replace").splitlines():
+        for line in text[: text.rfind("\n") + 1].splitlines():
             if line.strip():
                 try:
                     result.append(json.loads(line))
