@@ -27,7 +27,6 @@ from typing import Any
 
 from hibiki.compat.sora_sdk import Sora, SoraSignalingErrorCode
 
-
 _stdout_lock = threading.Lock()
 
 

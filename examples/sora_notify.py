@@ -30,7 +30,6 @@ from hibiki.compat.sora_sdk import (
     SoraSignalingType,
 )
 
-
 _stdout_lock = threading.Lock()
 
 

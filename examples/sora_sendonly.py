@@ -25,7 +25,6 @@ from typing import Any
 from hibiki.compat.sora_sdk import Sora, SoraSignalingErrorCode
 from hibiki.media.testsrc import test_pattern, tone
 
-
 _stdout_lock = threading.Lock()
 
 
